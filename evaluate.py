@@ -1,0 +1,203 @@
+"""Evaluate report generation: clinical efficacy (CE), polarity errors, format compliance, NLG.
+
+Modes (exactly one):
+
+  --predictions FILE.csv   score reports that already exist (this project's or any other model's)
+      python evaluate.py --predictions preds.csv --out eval/mine
+      [--references REFS.csv] [--id-column id --reference-column reference --prediction-column prediction]
+      [--generated-column generated] [--labeler rules|chexbert --chexbert chexbert.pth --tokenizer DIR]
+      [--uncertain-as negative|positive] [--no-nlg] [--no-plots] [--method NAME --dataset NAME]
+
+  --compare DIR1 DIR2 ...  print the Table II-style comparison of evaluation folders
+      python evaluate.py --compare eval/base eval/grpo [--table-average macro] [--subset 14]
+
+  --run RUNDIR --curves    draw a training run's curves from RUNDIR/metrics.jsonl to PNG
+      python evaluate.py --run runs/demo --curves [--out DIR]
+
+  --run RUNDIR             generate reports with the run's model on a split, then score them
+                           (the generation mode; see run_generation_mode below)
+
+With the rule-based labeler nothing here loads torch or transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from evaluation.ce import AVERAGES, UNCERTAIN_POLICIES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Score generated chest X-ray reports (CE metrics, polarity, NLG) or compare evaluations.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--predictions", type=Path, metavar="FILE.csv", help="score the reports in this CSV")
+    mode.add_argument("--compare", nargs="+", type=Path, metavar="DIR", help="compare evaluation folders")
+    mode.add_argument(
+        "--run", type=Path, metavar="RUNDIR", help="a training run folder (with --curves or to generate)"
+    )
+    parser.add_argument("--out", type=Path, metavar="DIR", help="output folder (required with --predictions)")
+
+    csv_group = parser.add_argument_group("predictions CSV")
+    csv_group.add_argument(
+        "--references", type=Path, metavar="REFS.csv", help="references in a separate CSV (same id column)"
+    )
+    csv_group.add_argument("--id-column", default="id")
+    csv_group.add_argument("--reference-column", default="reference")
+    csv_group.add_argument("--prediction-column", default="prediction")
+    csv_group.add_argument(
+        "--generated-column", default=None, help="column with the full model output (for format compliance)"
+    )
+
+    scoring = parser.add_argument_group("scoring")
+    scoring.add_argument("--labeler", choices=("rules", "chexbert"), default="rules")
+    scoring.add_argument(
+        "--chexbert", type=Path, metavar="PATH", help="chexbert.pth (with --labeler chexbert)"
+    )
+    scoring.add_argument(
+        "--tokenizer", type=Path, metavar="DIR", help="BERT tokenizer folder (with --labeler chexbert)"
+    )
+    scoring.add_argument("--device", default="cpu", help="device for the CheXbert labeler")
+    scoring.add_argument("--batch-size", type=int, default=32, help="CheXbert labeling batch size")
+    scoring.add_argument("--uncertain-as", choices=UNCERTAIN_POLICIES, default="negative")
+    scoring.add_argument("--no-nlg", action="store_true", help="skip BLEU / ROUGE-L / CIDEr / METEOR")
+    scoring.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    scoring.add_argument("--method", help="row name in the tables (default: the output folder's name)")
+    scoring.add_argument(
+        "--dataset", help="dataset name for the table's column group (e.g. iu_xray, mimic_cxr)"
+    )
+
+    tables = parser.add_argument_group("tables")
+    tables.add_argument(
+        "--table-average", choices=AVERAGES, default="macro", help="average shown in summary.md / --compare"
+    )
+    tables.add_argument("--subset", choices=("14", "5"), default="14", help="label set shown by --compare")
+
+    run_group = parser.add_argument_group("run")
+    run_group.add_argument("--curves", action="store_true", help="with --run: draw training curves")
+    # The generation mode adds its own options here (checkpoint, split, adapter, decoding).
+    return parser
+
+
+def build_labeler(args: argparse.Namespace):
+    """The labeler the arguments name (rewards.labelers imports torch only for CheXbert)."""
+    from rewards.labelers import make_labeler
+
+    return make_labeler(
+        args.labeler,
+        chexbert_path=args.chexbert,
+        tokenizer_dir=args.tokenizer,
+        device=args.device,
+        batch_size=args.batch_size,
+    )
+
+
+def run_predictions_mode(args: argparse.Namespace) -> int:
+    from evaluation.inputs import align_by_id, read_columns
+    from evaluation.outputs import summary_markdown
+    from evaluation.score import score_reports
+
+    if args.out is None:
+        raise SystemExit("error: --predictions needs --out DIR")
+    if args.references is None:
+        columns = [args.reference_column, args.prediction_column]
+    else:
+        columns = [args.prediction_column]
+    if args.generated_column:
+        columns.append(args.generated_column)
+    tables = read_columns(args.predictions, args.id_column, columns)
+    references = (
+        read_columns(args.references, args.id_column, [args.reference_column])[args.reference_column]
+        if args.references
+        else tables[args.reference_column]
+    )
+    ids, reference_texts, prediction_texts = align_by_id(tables[args.prediction_column], references)
+    generated = tables[args.generated_column].texts if args.generated_column else None
+
+    metrics = score_reports(
+        ids,
+        reference_texts,
+        prediction_texts,
+        generated,
+        labeler=build_labeler(args),
+        out_dir=args.out,
+        uncertain_as=args.uncertain_as,
+        nlg=not args.no_nlg,
+        plots=not args.no_plots,
+        labeler_name=args.labeler,
+        method=args.method,
+        dataset=args.dataset,
+        table_average=args.table_average,
+        settings={
+            "mode": "predictions",
+            "predictions_file": str(args.predictions),
+            "references_file": str(args.references or args.predictions),
+            "chexbert": str(args.chexbert) if args.chexbert else None,
+        },
+    )
+    print(summary_markdown(metrics, args.table_average).split("## Every CE average")[0].rstrip())
+    print(
+        f"\nwrote {args.out}/: metrics.json labels.csv reports.csv summary.md {' '.join(metrics.get('plots', []))}"
+    )
+    return 0
+
+
+def run_compare_mode(args: argparse.Namespace) -> int:
+    from evaluation.outputs import compare_markdown
+
+    table = compare_markdown(args.compare, average=args.table_average, subset=args.subset)
+    print(table)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "compare.md").write_text(table, encoding="utf-8")
+    return 0
+
+
+def run_curves_mode(args: argparse.Namespace) -> int:
+    from evaluation.plots import PlotsUnavailable, plot_training_curves
+
+    try:
+        path = plot_training_curves(args.run / "metrics.jsonl", args.out or args.run)
+    except PlotsUnavailable as e:
+        raise SystemExit(f"error: {e}") from None
+    print(f"wrote {path}")
+    return 0
+
+
+def run_generation_mode(args: argparse.Namespace) -> int:
+    """Generate a report per sample of a split with the run's model, then call evaluation.score_reports.
+
+    To be filled by the generation work (issue 6, second way in): load the run's model and adapter,
+    generate (batched, resumable, shardable under torchrun), extract the <report> text with
+    rewards.format.extract_report, and pass ids, references, extracted reports and full texts to
+    score_reports(..., generated_texts=full_texts, settings={checkpoint, split, decoding...}).
+    """
+    raise SystemExit(
+        "error: report generation (--run RUNDIR without --curves) is not available yet; use --curves"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.curves and args.run is None:
+        parser.error("--curves needs --run RUNDIR")
+    try:
+        if args.predictions is not None:
+            return run_predictions_mode(args)
+        if args.compare is not None:
+            return run_compare_mode(args)
+        if args.curves:
+            return run_curves_mode(args)
+        return run_generation_mode(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

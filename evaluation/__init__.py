@@ -1,0 +1,24 @@
+"""Evaluation: clinical-efficacy (CE) metrics, polarity analysis, output files, tables and plots.
+
+``score_reports`` (evaluation.score) is the one entry both modes of ``evaluate.py`` call. It writes:
+
+metrics.json
+    ``method``, ``dataset``, ``n_reports``, ``labeler``, ``uncertain_as`` ("negative" | "positive");
+    ``ce -> "14" | "5" -> "micro" | "macro" | "example" -> "precision" | "recall" | "f1"`` (fractions);
+    ``per_label -> <observation> -> precision, recall, f1, support, predicted``;
+    ``polarity -> <observation> | "total" -> both_blank, agree, reversal_pos_to_neg, reversal_neg_to_pos,
+    uncertainty_mismatch, omission, unsupported`` (a partition of the report-label pairs) plus the
+    sub-counts ``reversals``, ``omitted_positive``, ``unsupported_positive``;
+    ``format_compliance -> rate, mean_reward, n`` (when full generated texts are given);
+    ``nlg -> BLEU_1..4, ROUGE_L, CIDEr[, METEOR]`` or ``nlg_unavailable`` (why not);
+    ``plots`` (PNG names) or ``plots_unavailable``; ``settings`` (everything the figures depend on).
+labels.csv, reports.csv, summary.md, per_label_f1.png, polarity_errors.png
+    see evaluation.outputs and evaluation.plots.
+
+Only numpy is needed; torch is loaded only by a labeler or model that needs it.
+"""
+
+from evaluation.ce import ce_metrics, polarity_analysis
+from evaluation.score import score_reports
+
+__all__ = ["ce_metrics", "polarity_analysis", "score_reports"]
