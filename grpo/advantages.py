@@ -1,0 +1,76 @@
+"""Group-relative advantages: MRG-R1 eq. (2).
+
+Each prompt (study) gets ``G`` sampled completions; a completion's advantage says how much better its
+reward is than the other completions of the same prompt. No critic is learned: the group is the baseline.
+
+Rewards arrive flat, shape ``(B*G,)``, grouped contiguously: completion ``j`` of prompt ``i`` sits at
+index ``i*G + j`` (the layout ``generate(num_return_sequences=G)`` produces).
+"""
+
+from __future__ import annotations
+
+import torch
+
+SCALES = ("group", "batch", "none")
+
+
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, eps: float = 1e-6, scale: str = "group"
+) -> torch.Tensor:
+    """Advantages ``A_i`` of contiguous groups of rewards; eq. (2) by default.
+
+    ``scale`` picks the denominator (the numerator is always ``r_i - mean(group)``):
+
+    - ``"group"`` (default, eq. (2)): ``sqrt(mean_group((r - mean_group)^2) + eps)``, the group's
+      population standard deviation with ``eps`` inside the square root.
+    - ``"batch"``: the same population formula over all ``B*G`` rewards of the batch, so that groups
+      whose rewards barely differ are not blown up to unit scale.
+    - ``"none"``: no division, ``A_i = r_i - mean`` (the Dr. GRPO choice, which removes the per-group
+      difficulty weighting).
+
+    A group whose rewards are all equal carries no preference, so its advantages are exactly 0 whatever
+    the scale (even with ``eps=0``). Returns a tensor of the shape of ``rewards``, in its floating dtype
+    (float32 for integer rewards).
+    """
+    _check_inputs(rewards, group_size, eps, scale)
+    values = rewards if rewards.is_floating_point() else rewards.float()
+    groups = values.reshape(-1, group_size)
+
+    group_mean = groups.mean(dim=1, keepdim=True)
+    centered = groups - group_mean
+    if scale == "group":
+        advantages = centered / torch.sqrt(centered.pow(2).mean(dim=1, keepdim=True) + eps)
+    elif scale == "batch":
+        batch_centered = values - values.mean()
+        advantages = centered / torch.sqrt(batch_centered.pow(2).mean() + eps)
+    else:
+        advantages = centered
+
+    # The mean of equal floats can differ from them in the last bit; an equal group must give exact 0.
+    no_spread = groups.amax(dim=1, keepdim=True) == groups.amin(dim=1, keepdim=True)
+    advantages = torch.where(no_spread, torch.zeros_like(advantages), advantages)
+    return advantages.reshape(rewards.shape)
+
+
+def _check_inputs(rewards: torch.Tensor, group_size: int, eps: float, scale: str) -> None:
+    if not isinstance(rewards, torch.Tensor):
+        raise ValueError(f"group_advantages: rewards must be a torch.Tensor, got {type(rewards).__name__}")
+    if rewards.dim() != 1:
+        raise ValueError(
+            f"group_advantages: rewards must be 1-D of shape (B*G,), got shape {tuple(rewards.shape)}"
+        )
+    if rewards.is_complex() or rewards.dtype == torch.bool:
+        raise ValueError(f"group_advantages: rewards must be real numbers, got dtype {rewards.dtype}")
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_advantages: group_size must be a positive int, got {group_size!r}")
+    if rewards.numel() == 0 or rewards.numel() % group_size != 0:
+        raise ValueError(
+            f"group_advantages: {rewards.numel()} rewards cannot be split into groups of "
+            f"group_size={group_size} (rewards must hold B*G values, B >= 1)"
+        )
+    if not eps >= 0.0:
+        raise ValueError(f"group_advantages: eps must be >= 0, got {eps!r}")
+    if scale not in SCALES:
+        raise ValueError(f"group_advantages: scale must be one of {SCALES}, got {scale!r}")
+    if not bool(torch.isfinite(rewards).all()):
+        raise ValueError("group_advantages: rewards contain NaN or infinity")
