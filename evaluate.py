@@ -5,7 +5,7 @@ Modes (exactly one):
   --predictions FILE.csv   score reports that already exist (this project's or any other model's)
       python evaluate.py --predictions preds.csv --out eval/mine
       [--references REFS.csv] [--id-column id --reference-column reference --prediction-column prediction]
-      [--generated-column generated] [--labeler rules|chexbert --chexbert chexbert.pth --tokenizer DIR]
+      [--generated-column generated] [--extract-report] [--labeler rules|chexbert --chexbert chexbert.pth --tokenizer DIR]
       [--uncertain-as negative|positive] [--no-nlg] [--no-plots] [--method NAME --dataset NAME]
 
   --compare DIR1 DIR2 ...  print the Table II-style comparison of evaluation folders
@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     csv_group.add_argument("--id-column", default="id")
     csv_group.add_argument("--reference-column", default="reference")
     csv_group.add_argument("--prediction-column", default="prediction")
+    csv_group.add_argument(
+        "--extract-report",
+        action="store_true",
+        help="the prediction column holds full outputs (<think>/<report>): label only the extracted report",
+    )
     csv_group.add_argument(
         "--generated-column", default=None, help="column with the full model output (for format compliance)"
     )
@@ -98,7 +103,7 @@ def build_labeler(args: argparse.Namespace):
 
 def run_predictions_mode(args: argparse.Namespace) -> int:
     from evaluation.inputs import align_by_id, read_columns
-    from evaluation.outputs import summary_markdown
+    from evaluation.outputs import headline_markdown
     from evaluation.score import score_reports
 
     if args.out is None:
@@ -117,6 +122,12 @@ def run_predictions_mode(args: argparse.Namespace) -> int:
     )
     ids, reference_texts, prediction_texts = align_by_id(tables[args.prediction_column], references)
     generated = tables[args.generated_column].texts if args.generated_column else None
+    if args.extract_report:
+        # The prediction column holds full model outputs: keep them, and label only the <report> part.
+        from rewards.format import extract_report
+
+        generated = generated if generated is not None else prediction_texts
+        prediction_texts = [extract_report(text) for text in prediction_texts]
 
     metrics = score_reports(
         ids,
@@ -134,12 +145,13 @@ def run_predictions_mode(args: argparse.Namespace) -> int:
         table_average=args.table_average,
         settings={
             "mode": "predictions",
+            "extract_report": args.extract_report,
             "predictions_file": str(args.predictions),
             "references_file": str(args.references or args.predictions),
             "chexbert": str(args.chexbert) if args.chexbert else None,
         },
     )
-    print(summary_markdown(metrics, args.table_average).split("## Every CE average")[0].rstrip())
+    print(headline_markdown(metrics, args.table_average))
     print(
         f"\nwrote {args.out}/: metrics.json labels.csv reports.csv summary.md {' '.join(metrics.get('plots', []))}"
     )

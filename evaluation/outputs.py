@@ -175,6 +175,15 @@ _POLARITY_COLUMNS = (
 )
 
 
+def headline_markdown(metrics: dict, table_average: str = "macro") -> str:
+    """The caption and one-row Table I-style table of an evaluation (14 observations)."""
+    return (
+        ce_caption(metrics, table_average, "14")
+        + "\n\n"
+        + paper_table([table_row(metrics, table_average, "14")])
+    )
+
+
 def summary_markdown(metrics: dict, table_average: str = "macro") -> str:
     """summary.md: the Table I row first, then the figures behind it."""
     settings = metrics.get("settings", {})
@@ -185,8 +194,7 @@ def summary_markdown(metrics: dict, table_average: str = "macro") -> str:
         f"{metrics['uncertain_as']}; a precision, recall or F1 whose denominator is 0 counts "
         f"{settings.get('zero_division', 0)} (zero_division)."
     )
-    out += ["", "## Table I layout", "", ce_caption(metrics, table_average, "14"), ""]
-    out.append(paper_table([table_row(metrics, table_average, "14")]))
+    out += ["", "## Table I layout", "", headline_markdown(metrics, table_average)]
     out += [
         "## Every CE average (%)",
         "",

@@ -177,6 +177,21 @@ def test_generated_column_gives_format_compliance(tmp_path, key_labeler):
         assert [r["generated"] for r in csv.DictReader(f)] == full
 
 
+def test_extract_report_labels_only_the_report_and_keeps_the_full_output(tmp_path, key_labeler):
+    full = "<think>Cardiomegaly: pos</think><report>Edema: pos</report>"  # reasoning must not be labeled
+    preds = write_csv(tmp_path / "p.csv", ["id", "reference", "prediction"], [("a", "Edema: pos", full)])
+    out = tmp_path / "e"
+    assert run_cli("--predictions", preds, "--extract-report", "--out", out, "--no-nlg", "--no-plots") == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (
+        metrics["per_label"]["Cardiomegaly"]["predicted"] == 0 and metrics["ce"]["14"]["micro"]["f1"] == 1.0
+    )
+    assert metrics["format_compliance"]["rate"] == 1.0
+    with (out / "reports.csv").open(newline="") as f:
+        row = next(csv.DictReader(f))
+    assert (row["prediction"], row["generated"]) == ("Edema: pos", full)
+
+
 def test_score_reports_rejects_mismatched_inputs(tmp_path):
     with pytest.raises(ValueError, match="one entry per report"):
         score_reports(["a", "b"], ["x"], ["y", "z"], labeler=KeyLabeler(), out_dir=tmp_path, nlg=False)
