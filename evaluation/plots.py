@@ -85,6 +85,7 @@ def plot_polarity_breakdown(metrics: dict, path: Path) -> Path:
         ax.barh(labels, counts, left=left, label=name)
         left = [a + b for a, b in zip(left, counts)]
     ax.invert_yaxis()
+    ax.xaxis.get_major_locator().set_params(integer=True)  # counts, not fractions
     ax.set_xlabel(f"report-label pairs (of {metrics.get('n_reports', '?')} reports)")
     ax.set_title("Polarity errors per label")
     ax.legend(fontsize=8, loc="lower right")
