@@ -70,7 +70,7 @@ class RewardCombiner:
         self.uncertain_as = uncertain_as
         self.nlg = None
         if "nlg" in self.weights:
-            if not nlg_train_references:
+            if nlg_train_references is None or len(nlg_train_references) == 0:
                 raise ValueError(
                     "reward term 'nlg' needs nlg_train_references (the training reports), none given"
                 )

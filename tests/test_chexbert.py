@@ -132,3 +132,17 @@ def test_missing_files_are_named(tmp_path, checkpoint, tokenizer_dir):
     empty_dir.mkdir()
     with pytest.raises(CheXbertLoadError, match="has no vocab.txt"):
         CheXbertLabeler(checkpoint[0], empty_dir)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_labeler_matches_cpu(checkpoint, tokenizer_dir):
+    texts = ["No pleural effusion.", "mild cardiomegaly", "", "heart size normal. no effusion"] * 5
+    cpu = CheXbertLabeler(checkpoint[0], tokenizer_dir, batch_size=4)
+    gpu = CheXbertLabeler(checkpoint[0], tokenizer_dir, device="cuda", batch_size=4)
+    codes = gpu.label(texts)
+    assert codes.shape == (20, NUM_OBSERVATIONS) and codes.dtype == np.int64
+    ids = torch.tensor([cpu.encode([texts[3]])[0]])
+    with torch.no_grad():
+        cpu_logits = torch.cat(cpu.model(ids, torch.ones_like(ids)), dim=1)
+        gpu_logits = torch.cat(gpu.model(ids.cuda(), torch.ones_like(ids).cuda()), dim=1).cpu()
+    assert torch.allclose(cpu_logits, gpu_logits, atol=1e-4)
