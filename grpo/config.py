@@ -1,0 +1,345 @@
+"""Run configuration: nested dataclasses, loaded from YAML, overridden by ``key=value``, validated.
+
+Every key a user can set lives here with its default and a comment. ``configs/*.yaml`` only list what
+differs from these defaults. What one optimizer step counts:
+
+    studies per optimizer step     = batch.prompts_per_device * world_size * batch.grad_accum
+    completions per optimizer step = that * sampling.group_size
+
+The paper's "effective batch size 16" (2 A100s, G = 4) is read here as 16 completions per optimizer step,
+i.e. 4 studies x G = 4: ``prompts_per_device=1, grad_accum=2`` on 2 GPUs (see configs/paper_iu_xray.yaml).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the key and the value."""
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 128  # paper: LoRA rank 128
+    alpha: int = 256  # paper: alpha 256
+    dropout: float = 0.05  # paper: dropout 0.05
+    target_regex: str | None = None  # None: the language model's q/k/v/o and gate/up/down projections
+
+
+@dataclass
+class ModelConfig:
+    path: str | None = None  # a local Qwen2.5-VL checkpoint directory (required)
+    build_tiny: bool = False  # build the tiny offline model at `path` when it is absent (demo)
+    dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    attn_implementation: str = "auto"  # auto: flash_attention_2 when importable on CUDA, else sdpa
+    min_pixels: int | None = None  # image resolution bounds for the processor
+    max_pixels: int | None = None
+    gradient_checkpointing: bool = False
+    init_adapter: str | None = None  # start from this adapter (e.g. after SFT); a frozen copy is the reference
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class PromptConfig:
+    system: str = "You are a radiologist. You read chest X-rays and write accurate, concise reports."
+    instruction: str = (
+        "Describe the findings of this chest X-ray. First reason step by step inside <think></think>, "
+        "then write the findings section of the report inside <report></report>."
+    )
+
+
+@dataclass
+class DataConfig:
+    annotation: str | None = None  # R2Gen-format annotation.json (required)
+    images_dir: str | None = None  # default: the annotation file's folder (see data/r2gen.py)
+    split: str = "train"
+    multi_view: bool = False  # False: each image is a sample (paper); True: all views in one prompt
+    clean_reports: bool = False
+    skip_bad: bool = False
+    synthetic_n: int = 0  # > 0: generate the synthetic world at `annotation`'s folder when absent (demo)
+    synthetic_seed: int = 0
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+
+
+@dataclass
+class SamplingConfig:
+    group_size: int = 4  # G, completions per study (paper: 4)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    mask_truncated: bool = False  # drop completions that hit max_new_tokens without EOS from the loss
+
+
+@dataclass
+class GRPOConfig:
+    beta: float = 0.04  # KL coefficient of eq. (1); not given by the paper
+    eps_low: float = 0.2  # clip epsilon of eq. (1); not given by the paper
+    eps_high: float | None = None  # None: symmetric clipping
+    aggregation: str = "sequence"  # sequence (paper) | token (DAPO) | dr_grpo
+    adv_scale: str = "group"  # group (eq. 2) | batch | none
+    num_iterations: int = 1  # optimizer passes over each batch of rollouts (mu); 1: old policy = policy
+    logprob_chunk: int = 1024  # tokens per chunk of the output projection in the log-prob pass
+
+
+@dataclass
+class RewardConfig:
+    weights: dict[str, float] = field(default_factory=lambda: {"mccs": 0.75, "format": 0.25})
+    labeler: str = "rules"  # rules | chexbert
+    chexbert_path: str | None = None
+    chexbert_tokenizer: str | None = None
+    margin: float | None = None  # MCCS margin m of eq. (6); None: rewards.mccs.DEFAULT_MARGIN
+    blank_match: bool = False  # score 1 when both label vectors are all blank (eq. 5 gives 0)
+    uncertain_as: str = "positive"  # for the CE-F1 reward
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-6  # paper
+    betas: tuple[float, float] = (0.9, 0.99)  # paper
+    weight_decay: float = 0.1  # paper
+    eight_bit: str = "auto"  # auto: bitsandbytes AdamW8bit on CUDA when importable, else torch AdamW
+    warmup_ratio: float = 0.1  # paper: cosine decay with 10% warm-up
+    grad_clip: float = 0.1  # paper: gradient-norm clip 0.1
+    zero1: bool = False  # shard optimizer state across ranks (torch ZeroRedundancyOptimizer)
+
+
+@dataclass
+class BatchConfig:
+    prompts_per_device: int = 2  # studies per rank per micro-step; each gives group_size completions
+    grad_accum: int = 1  # micro-steps per optimizer step
+
+
+@dataclass
+class SFTConfig:
+    target_template: str = "{report}"  # what the model learns to write; {report} is the reference text
+    steps: int = 0  # warm-up SFT steps before GRPO (demo); 0: none
+
+
+@dataclass
+class TrainConfig:
+    mode: str = "grpo"  # grpo | sft
+    seed: int = 0
+    output_dir: str = "runs/demo"
+    max_steps: int | None = None  # optimizer steps; None: `epochs` over the data
+    epochs: float = 1.0  # paper: 1 epoch
+    device: str = "auto"  # auto | cpu | cuda
+    log_every: int = 1
+    sample_every: int = 10  # write a few sample completions every N steps
+    save_every: int = 50
+    keep_last: int = 2  # checkpoints kept
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _check_value(value: Any, annotation: Any, key: str) -> Any:
+    """Coerce ``value`` to the declared type or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_value(value, option, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        key_t, val_t = typing.get_args(annotation)
+        return {_check_value(k, key_t, key): _check_value(v, val_t, f"{key}.{k}") for k, v in value.items()}
+    if origin is tuple:
+        item_types = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)) or len(value) != len(item_types):
+            raise ConfigError(f"{key}: expected a list of {len(item_types)} values, got {value!r}")
+        return tuple(_check_value(v, t, key) for v, t in zip(value, item_types))
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {annotation!r}")
+
+
+def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        where = prefix.rstrip(".") or "top level"
+        raise ConfigError(f"unknown key {prefix}{unknown[0]!s} ({where} accepts: {', '.join(sorted(known))})")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _from_dict(hint, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check_value(value, hint, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``["a.b=3", "c=x"]`` -> nested dict; values parsed as YAML scalars (``3`` int, ``null`` None...)."""
+    tree: dict = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    return tree
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "weights":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A config file as a dict; a ``base: other.yaml`` key (relative to this file) is loaded first."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    base_path = (path.parent / base).resolve()
+    if base_path in seen:
+        raise ConfigError(f"{path}: base {base} includes itself")
+    return _merge(_read_yaml(base_path, (*seen, base_path)), data)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Defaults <- YAML file <- overrides, then validation. Errors name the file and the key."""
+    data = _read_yaml(Path(path)) if path is not None else {}
+    data = _merge(data, parse_overrides(overrides or []))
+    try:
+        cfg = _from_dict(TrainConfig, data)
+        validate(cfg)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}" if path is not None else str(err)) from None
+    return cfg
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    """The resolved config as plain data (tuples as lists), for writing ``config.yaml``."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Reject impossible combinations with a message naming the key."""
+    _require(cfg.mode in ("grpo", "sft"), f"mode: expected grpo or sft, got {cfg.mode!r}")
+    _require(cfg.device in ("auto", "cpu", "cuda"), f"device: expected auto, cpu or cuda, got {cfg.device!r}")
+    _require(cfg.model.path is not None, "model.path is required: a local Qwen2.5-VL checkpoint directory")
+    _require(cfg.data.annotation is not None, "data.annotation is required: an R2Gen-format annotation.json")
+    _require(cfg.max_steps is None or cfg.max_steps >= 1, f"max_steps: must be >= 1, got {cfg.max_steps}")
+    _require(cfg.epochs > 0, f"epochs: must be > 0, got {cfg.epochs}")
+    for key in ("log_every", "sample_every", "save_every", "keep_last"):
+        _require(getattr(cfg, key) >= 1, f"{key}: must be >= 1, got {getattr(cfg, key)}")
+    s, g, o, b = cfg.sampling, cfg.grpo, cfg.optim, cfg.batch
+    _require(s.group_size >= 2 or cfg.mode == "sft",
+             f"sampling.group_size: GRPO needs G >= 2 (eq. 2 normalizes within a group), got {s.group_size}")
+    _require(s.temperature > 0, f"sampling.temperature: must be > 0, got {s.temperature}")
+    _require(0 < s.top_p <= 1, f"sampling.top_p: must be in (0, 1], got {s.top_p}")
+    _require(s.max_new_tokens >= 1, f"sampling.max_new_tokens: must be >= 1, got {s.max_new_tokens}")
+    _require(g.beta >= 0, f"grpo.beta: must be >= 0, got {g.beta}")
+    _require(0 < g.eps_low < 1, f"grpo.eps_low: must be in (0, 1), got {g.eps_low}")
+    _require(g.eps_high is None or g.eps_high > 0, f"grpo.eps_high: must be > 0, got {g.eps_high}")
+    _require(g.aggregation in ("sequence", "token", "dr_grpo"),
+             f"grpo.aggregation: expected sequence, token or dr_grpo, got {g.aggregation!r}")
+    _require(g.adv_scale in ("group", "batch", "none"),
+             f"grpo.adv_scale: expected group, batch or none, got {g.adv_scale!r}")
+    _require(g.num_iterations >= 1, f"grpo.num_iterations: must be >= 1, got {g.num_iterations}")
+    _require(g.logprob_chunk >= 1, f"grpo.logprob_chunk: must be >= 1, got {g.logprob_chunk}")
+    _require(o.lr > 0, f"optim.lr: must be > 0, got {o.lr}")
+    _require(all(0 <= x < 1 for x in o.betas), f"optim.betas: each must be in [0, 1), got {o.betas}")
+    _require(0 <= o.warmup_ratio < 1, f"optim.warmup_ratio: must be in [0, 1), got {o.warmup_ratio}")
+    _require(o.grad_clip > 0, f"optim.grad_clip: must be > 0, got {o.grad_clip}")
+    _require(o.eight_bit in ("auto", "on", "off"), f"optim.eight_bit: expected auto, on or off, got {o.eight_bit!r}")
+    _require(b.prompts_per_device >= 1, f"batch.prompts_per_device: must be >= 1, got {b.prompts_per_device}")
+    _require(b.grad_accum >= 1, f"batch.grad_accum: must be >= 1, got {b.grad_accum}")
+    _require(cfg.model.lora.rank >= 1, f"model.lora.rank: must be >= 1, got {cfg.model.lora.rank}")
+    _require(0 <= cfg.model.lora.dropout < 1, f"model.lora.dropout: must be in [0, 1), got {cfg.model.lora.dropout}")
+    _require("{report}" in cfg.sft.target_template,
+             f"sft.target_template: must contain {{report}}, got {cfg.sft.target_template!r}")
+    _require(cfg.sft.steps >= 0, f"sft.steps: must be >= 0, got {cfg.sft.steps}")
+    r = cfg.reward
+    if cfg.mode == "grpo":
+        _require(bool(r.weights), "reward.weights: at least one reward term is needed for GRPO")
+        known = ("mccs", "format", "cef1", "nlg")
+        for name, weight in r.weights.items():
+            _require(name in known, f"reward.weights: unknown term {name!r} (known: {', '.join(known)})")
+            _require(weight >= 0, f"reward.weights.{name}: must be >= 0, got {weight}")
+    _require(r.labeler in ("rules", "chexbert"), f"reward.labeler: expected rules or chexbert, got {r.labeler!r}")
+    if r.labeler == "chexbert":
+        _require(r.chexbert_path is not None and r.chexbert_tokenizer is not None,
+                 "reward.labeler=chexbert needs reward.chexbert_path and reward.chexbert_tokenizer")
+    _require(r.margin is None or -1 < r.margin < 1, f"reward.margin: m must be in (-1, 1), got {r.margin}")
+    _require(r.uncertain_as in ("positive", "negative"),
+             f"reward.uncertain_as: expected positive or negative, got {r.uncertain_as!r}")

@@ -1,0 +1,57 @@
+"""Which studies each rank takes at each micro-step: deterministic, sharded, resumable.
+
+Each epoch is a permutation drawn from ``seed + epoch``. It is padded by wrapping around to a multiple of
+``world_size * batch_size`` (as torch's DistributedSampler does), and rank ``r`` takes positions
+``r, r + world_size, ...``. The position (epoch, batch index) is all a checkpoint needs to continue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ShardedBatches:
+    num_items: int
+    batch_size: int
+    rank: int = 0
+    world_size: int = 1
+    seed: int = 0
+    epoch: int = 0
+    index: int = 0  # next batch within the epoch
+
+    def __post_init__(self) -> None:
+        if self.num_items < 1:
+            raise ValueError("the dataset is empty: no samples to train on")
+
+    @property
+    def batches_per_epoch(self) -> int:
+        per_rank = -(-self.num_items // self.world_size)
+        return -(-per_rank // self.batch_size)
+
+    def _epoch_indices(self) -> list[int]:
+        if getattr(self, "_cached", (None,))[0] == self.epoch:
+            return self._cached[1]
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.num_items, generator=generator).tolist()
+        total = self.batches_per_epoch * self.batch_size * self.world_size
+        order = (order * (-(-total // len(order))))[:total]
+        self._cached = (self.epoch, order[self.rank :: self.world_size])
+        return self._cached[1]
+
+    def next_batch(self) -> list[int]:
+        if self.index >= self.batches_per_epoch:
+            self.epoch += 1
+            self.index = 0
+        mine = self._epoch_indices()
+        batch = mine[self.index * self.batch_size : (self.index + 1) * self.batch_size]
+        self.index += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
