@@ -6,7 +6,7 @@ Modes (exactly one):
       python evaluate.py --predictions preds.csv --out eval/mine
       [--references REFS.csv] [--id-column id --reference-column reference --prediction-column prediction]
       [--generated-column generated] [--extract-report] [--labeler rules|chexbert --chexbert chexbert.pth --tokenizer DIR]
-      [--uncertain-as negative|positive] [--no-nlg] [--no-plots] [--method NAME --dataset NAME]
+      [--uncertain-as negative|positive] [--no-nlg | --no-meteor] [--no-plots] [--method NAME --dataset NAME]
 
   --compare DIR1 DIR2 ...  print the Table II-style comparison of evaluation folders
       python evaluate.py --compare eval/base eval/grpo [--table-average macro] [--subset 14]
@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--batch-size", type=int, default=32, help="CheXbert labeling batch size")
     scoring.add_argument("--uncertain-as", choices=UNCERTAIN_POLICIES, default="negative")
     scoring.add_argument("--no-nlg", action="store_true", help="skip BLEU / ROUGE-L / CIDEr / METEOR")
+    scoring.add_argument(
+        "--no-meteor", action="store_true", help="skip METEOR (its java start-up takes seconds)"
+    )
     scoring.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     scoring.add_argument("--method", help="row name in the tables (default: the output folder's name)")
     scoring.add_argument(
@@ -138,6 +141,7 @@ def run_predictions_mode(args: argparse.Namespace) -> int:
         out_dir=args.out,
         uncertain_as=args.uncertain_as,
         nlg=not args.no_nlg,
+        meteor=False if args.no_meteor else "auto",
         plots=not args.no_plots,
         labeler_name=args.labeler,
         method=args.method,

@@ -38,14 +38,19 @@ def format_compliance(generated_texts: Sequence[str]) -> dict:
     }
 
 
-def nlg_figures(references: Sequence[str], predictions: Sequence[str]) -> tuple[dict | None, str | None]:
-    """(figures, None) from rewards.nlg, or (None, why) when its optional dependencies are missing."""
+def nlg_figures(
+    references: Sequence[str], predictions: Sequence[str], meteor: bool | str = "auto"
+) -> tuple[dict | None, str | None]:
+    """(figures, None) from rewards.nlg, or (None, why) when its optional dependencies are missing.
+
+    ``meteor``: "auto" adds METEOR when java runs it (its start-up takes 5-20 s), False skips it.
+    """
     try:
         from rewards.nlg import nlg_metrics
     except ImportError as e:
         return None, f"rewards.nlg could not be imported ({e}); install the extra: pip install -e '.[nlg]'"
     try:
-        return dict(nlg_metrics(list(references), list(predictions))), None
+        return dict(nlg_metrics(list(references), list(predictions), meteor=meteor)), None
     except ImportError as e:
         return None, f"an NLG dependency is missing ({e}); install the extra: pip install -e '.[nlg]'"
 
@@ -72,6 +77,7 @@ def score_reports(
     out_dir: str | Path,
     uncertain_as: str = "negative",
     nlg: bool = True,
+    meteor: bool | str = "auto",
     plots: bool = True,
     labeler_name: str | None = None,
     method: str | None = None,
@@ -85,6 +91,7 @@ def score_reports(
 
     ``predictions`` are the report texts that get labeled (for model outputs: the extracted ``<report>``
     text); ``generated_texts`` are the full outputs, used for format compliance and kept in reports.csv.
+    ``nlg`` / ``meteor`` turn the secondary NLG figures / METEOR (java) off.
     ``method`` / ``dataset`` name the Table I row and column group; ``table_average`` picks the average
     summary.md shows in that layout; ``settings`` (e.g. checkpoint, decoding) are stored as given.
     Returns the metrics dict written to metrics.json.
@@ -117,7 +124,7 @@ def score_reports(
     if generated_texts is not None:
         metrics["format_compliance"] = format_compliance(generated_texts)
     if nlg:
-        figures, why_not = nlg_figures(references, predictions)
+        figures, why_not = nlg_figures(references, predictions, meteor)
         if figures is not None:
             metrics["nlg"] = figures
         else:
@@ -129,6 +136,7 @@ def score_reports(
         "zero_division": zero_division,
         "table_average": table_average,
         "nlg": nlg,
+        "meteor": meteor if nlg else False,
         **(settings or {}),
     }
 
