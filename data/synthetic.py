@@ -307,8 +307,6 @@ def _fields(rng: np.random.Generator, f: Finding) -> dict[str, str]:
     bilateral = f.side == "bilateral"
     size = _size_word(f.severity)
     lobe = "multifocal" if bilateral else _LOBES[(f.side, f.zone)]
-    if lobe == "lingular":
-        lobe = "lingular"
     lesion = f.kind or "nodule"
     fields = {
         "side": f.side, "size": size, "degree": _degree_word(f.severity), "where": _where(rng, f),
@@ -496,17 +494,37 @@ def _ribs(x, y) -> np.ndarray:
     return np.exp(-((distance / _RIB_HALF_WIDTH) ** 2)) * (lateral > 0.05) * (lateral < 0.37)
 
 
-def _fractured_rib_change(x, y, side: str, rib: int) -> np.ndarray:
+def _fractured_rib_change(x, y, side: str, rib: int, severity: float) -> np.ndarray:
     """What a fracture changes on one rib: a gap at mid-lung and the lateral part stepped down."""
     lateral = np.abs(x - 0.5)
     on_side = ((x < 0.5) if side == "right" else (x >= 0.5)) * (lateral > 0.05) * (lateral < 0.37)
     rib_y = _rib_centre_y(x) + rib * _RIB_STEP
     intact = np.exp(-(((y - rib_y) / _RIB_HALF_WIDTH) ** 2))
-    broken_y = rib_y + 0.014 * (lateral > 0.25)
+    broken_y = rib_y + (0.012 + 0.012 * severity) * (lateral > 0.25)
     broken = np.exp(-(((y - broken_y) / _RIB_HALF_WIDTH) ** 2)) * (
         1.0 - np.exp(-(((lateral - 0.25) / 0.008) ** 2))
     )
     return (broken - intact) * on_side
+
+
+def _pneumothorax(x, y, side: str, severity: float, lung: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(free air, pleural line) of a pneumothorax: the lung collapses toward the hilum and the base, leaving
+    an apical-lateral rim of air without markings, bounded by the visceral pleural line."""
+    depth = 0.15 + 0.25 * severity
+    toward_hilum = 1.0 if side == "right" else -1.0
+    # The collapsed lung keeps its medial and basal edges (those of the full lung) and shrinks from the rest.
+    cx = _LUNG_CENTER_X[side] + toward_hilum * depth * _LUNG_RX
+    cy = _LUNG_CY + 0.5 * depth * _LUNG_RY
+    d = _ellipse_distance(x, y, cx, cy, _LUNG_RX * (1 - depth), _LUNG_RY * (1 - 0.5 * depth))
+    inside_lung = _soft_inside(
+        _ellipse_distance(x, y, _LUNG_CENTER_X[side], _LUNG_CY, _LUNG_RX, _LUNG_RY) / 0.93, 0.03
+    )
+    lateral_or_apical = np.maximum(
+        _sigmoid(toward_hilum * (cx - x) / 0.01), _sigmoid((cy - 0.4 * _LUNG_RY - y) / 0.01)
+    )
+    free = _sigmoid((d - 1.0) / 0.03) * lung * lateral_or_apical
+    line = np.exp(-(((d - 1.0) / 0.035) ** 2)) * inside_lung * lateral_or_apical
+    return free, line
 
 
 def _device_paths(kind: str, side: str) -> list[list[tuple[float, float]]]:
@@ -541,13 +559,11 @@ def _render_frontal(study: Study, rng: np.random.Generator, size: int) -> np.nda
         for s, cx in _LUNG_CENTER_X.items()
     }
     ptx_free = {s: np.zeros_like(x) for s in lungs}  # where a pneumothorax leaves no lung markings
+    ptx_line = np.zeros_like(x)
     if PTX in by_name:
-        f = by_name[PTX]
-        for s in _sides(f):
-            depth = 0.12 + 0.25 * f.severity
-            d = _ellipse_distance(x, y, _LUNG_CENTER_X[s], _LUNG_CY, _LUNG_RX, _LUNG_RY)
-            upper = _sigmoid((_LUNG_CY + 0.12 - y) / 0.02)
-            ptx_free[s] = _sigmoid((d - (1.0 - depth)) / 0.015) * upper * lungs[s]
+        for s in _sides(by_name[PTX]):
+            ptx_free[s], line = _pneumothorax(x, y, s, by_name[PTX].severity, lungs[s])
+            ptx_line = ptx_line + line
     for s, lung in lungs.items():
         hilum_x = 0.42 if s == "right" else 0.58
         angle = np.arctan2(y - 0.47, x - hilum_x)
@@ -563,8 +579,8 @@ def _render_frontal(study: Study, rng: np.random.Generator, size: int) -> np.nda
     if FX in by_name:
         f = by_name[FX]
         for s in _sides(f):
-            ribs = ribs + _fractured_rib_change(x, y, s, int(f.kind) - 2)
-    image = image + 0.08 * ribs * body
+            ribs = ribs + _fractured_rib_change(x, y, s, int(f.kind) - 2, f.severity)
+    image = image + 0.11 * ribs * body
     image = image + 0.1 * np.exp(-(((y - 0.14 - 0.12 * np.abs(x - 0.5)) / 0.012) ** 2)) * (
         np.abs(x - 0.5) < 0.3
     )
@@ -579,13 +595,7 @@ def _render_frontal(study: Study, rng: np.random.Generator, size: int) -> np.nda
         ry += 0.02 * by_name[CARDIO].severity
     heart = _soft_inside(_ellipse_distance(x, y, cx, cy, rx, ry), 0.04)
     image = image * (1 - heart) + 0.62 * heart
-    if PTX in by_name:  # the visceral pleural line at the edge of the collapsed lung
-        f = by_name[PTX]
-        for s in _sides(f):
-            depth = 0.12 + 0.25 * f.severity
-            d = _ellipse_distance(x, y, _LUNG_CENTER_X[s], _LUNG_CY, _LUNG_RX, _LUNG_RY)
-            upper = _sigmoid((_LUNG_CY + 0.12 - y) / 0.02)
-            image = image + 0.22 * np.exp(-(((d - (1.0 - depth)) / 0.025) ** 2)) * upper * lungs[s]
+    image = image + 0.25 * ptx_line  # the visceral pleural line, drawn over the heart's edge too
     image = _draw_lung_findings(image, x, y, by_name, lungs, texture, frontal=True)
     if EFF in by_name:
         f = by_name[EFF]
