@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from data.prompts import PromptConfig  # the prompt texts: system turn and instruction
+
 
 class ConfigError(ValueError):
     """A config file or override is wrong; the message names the key and the value."""
@@ -45,15 +47,6 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     init_adapter: str | None = None  # start from this adapter (e.g. after SFT); a frozen copy is the reference
     lora: LoraConfig = field(default_factory=LoraConfig)
-
-
-@dataclass
-class PromptConfig:
-    system: str = "You are a radiologist. You read chest X-rays and write accurate, concise reports."
-    instruction: str = (
-        "Describe the findings of this chest X-ray. First reason step by step inside <think></think>, "
-        "then write the findings section of the report inside <report></report>."
-    )
 
 
 @dataclass

@@ -52,10 +52,9 @@ def setup(device: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 
-def teardown(*objects_to_drop: object) -> None:
-    """Leave the process group. Dropping the DDP model and optimizer and collecting garbage first avoids a
-    sporadic hang at exit seen with gloo (STACK-NOTES)."""
-    del objects_to_drop
+def teardown() -> None:
+    """Leave the process group. Callers drop the DDP model and optimizer first (Trainer.close): with them
+    alive, gloo sporadically hung at exit (STACK-NOTES); collecting garbage here finishes the job."""
     gc.collect()
     if dist.is_initialized():
         dist.barrier()
