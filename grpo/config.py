@@ -309,6 +309,9 @@ def validate(cfg: TrainConfig) -> None:
     _require(g.adv_scale in ("group", "batch", "none"),
              f"grpo.adv_scale: expected group, batch or none, got {g.adv_scale!r}")
     _require(g.num_iterations >= 1, f"grpo.num_iterations: must be >= 1, got {g.num_iterations}")
+    _require(cfg.save_every % g.num_iterations == 0,
+             f"save_every ({cfg.save_every}) must be a multiple of grpo.num_iterations ({g.num_iterations}): "
+             "checkpoints are taken between batches of rollouts")
     _require(g.logprob_chunk >= 1, f"grpo.logprob_chunk: must be >= 1, got {g.logprob_chunk}")
     _require(o.lr > 0, f"optim.lr: must be > 0, got {o.lr}")
     _require(all(0 <= x < 1 for x in o.betas), f"optim.betas: each must be in [0, 1), got {o.betas}")

@@ -322,6 +322,8 @@ class Trainer:
                 (loss / len(rollouts)).backward()
             sums["loss"] = sums.get("loss", 0.0) + loss.item() / len(rollouts)
             for key in ("kl", "clip_frac", "clip_frac_low", "clip_frac_high", "ratio_mean"):
+                if key == "kl" and ro.ref_logp is None:
+                    continue  # beta = 0: no reference pass, no KL to report
                 sums[key] = sums.get(key, 0.0) + stats[key].item() / len(rollouts)
         return sums
 
