@@ -29,6 +29,14 @@ PLAIN_MENTIONS: dict[str, tuple[str, ...]] = {
         "mediastinal mass*",
         "mediastinal adenopathy",
         "mediastinal lymphadenopathy",
+        "mediastinal prominence",
+        "prominence of the mediastinum",
+        "wide mediastinal",
+        "adenopathy",
+        "lymphadenopathy",
+        "hilar fullness",
+        "hilar prominence",
+        "hilar enlargement",
     ),
     "Cardiomegaly": (
         "cardiomegaly",
@@ -50,7 +58,6 @@ PLAIN_MENTIONS: dict[str, tuple[str, ...]] = {
         "infiltrat*",
         "interstitial marking*",
         "interstitial pattern",
-        "interstitial prominence",
         "interstitial process",
         "interstitial lung disease",
         "interstitial disease",
@@ -82,6 +89,10 @@ PLAIN_MENTIONS: dict[str, tuple[str, ...]] = {
         "tumor*",
         "tumour*",
         "metasta*",
+        "round opaci*",
+        "rounded opaci*",
+        "mass like",
+        "masslike",
         "lung lesion*",
         "pulmonary lesion*",
     ),
@@ -89,8 +100,8 @@ PLAIN_MENTIONS: dict[str, tuple[str, ...]] = {
         "edema",
         "oedema",
         "heart failure",
+        "cardiac failure",
         "chf",
-        "congestive",
     ),
     "Consolidation": ("consolidat*",),
     "Pneumonia": (
@@ -173,7 +184,6 @@ PLAIN_MENTIONS: dict[str, tuple[str, ...]] = {
         "prosthe*",
         "endotracheal",
         "tracheostomy",
-        "sternotomy",
         "generator",
         "electrode*",
         "staples",
@@ -188,6 +198,8 @@ PLAIN_MENTIONS: dict[str, tuple[str, ...]] = {
         "kyphoplasty",
         "vertebroplasty",
         "spinal fusion",
+        # "tip" with a position verb is a device even when de-identification hid its name
+        r"re:tip (?:projects|projecting|terminates|terminating|overlies|overlying|is in|in the|at the|near the)",
     ),
 }
 
@@ -283,9 +295,6 @@ UNMENTIONS: dict[str, tuple[str, ...]] = {
     ),
     "Lung Opacity": (
         "pleural scar*",
-        "pleural parenchymal scar*",
-        "pleuroparenchymal scar*",
-        "pleuro parenchymal scar*",
         "nodular opaci*",
         "nodular densit*",
         "nodule like opaci*",
@@ -293,8 +302,11 @@ UNMENTIONS: dict[str, tuple[str, ...]] = {
         "re:opacit(?:y|ies) (?:of|in|within) the (?:soft tissue|breast|nipple)",
     ),
     "Lung Lesion": (
-        "calcified nodul*",
+        r"re:(?<!non )(?<!non-)calcified nodul\w*",
         "nodular calcification*",
+        "reticulonodular",
+        "reticular nodular",
+        "reticulo nodular",
         "mass effect",
         "breast mass*",
         "soft tissue mass*",
@@ -351,27 +363,40 @@ UNMENTIONS: dict[str, tuple[str, ...]] = {
 }
 
 # Heart failure phrases: a positive or uncertain one also makes Cardiomegaly uncertain when it is blank.
-CHF_PHRASES: tuple[str, ...] = ("heart failure", "chf", "congestive")
+CHF_PHRASES: tuple[str, ...] = ("heart failure", "cardiac failure", "chf")
 
 # --------------------------------------------------------------------------------------------
 # Descriptors for attribute mentions.
 # --------------------------------------------------------------------------------------------
 
-ENLARGED_DESCRIPTORS: tuple[str, ...] = (
-    "enlarg*",
-    "large",
-    "larger",
-    "increased",
-    "increase in size",
-    "prominent",
-    "prominence",
-    "widen*",
-    "wide",
-    "globular",
-    "dilated",
-    "abnormal*",
-    "cardiomegaly",
-)
+ENLARGED_DESCRIPTORS: dict[str, tuple[str, ...]] = {
+    "Cardiomegaly": (
+        "enlarg*",
+        "large",
+        "larger",
+        "increased",
+        "increase in size",
+        "prominent",
+        "prominence",
+        "widen*",
+        "wide",
+        "globular",
+        "dilated",
+        "cardiomegaly",
+    ),
+    "Enlarged Cardiomediastinum": (
+        "enlarg*",
+        "large",
+        "larger",
+        "increased",
+        "prominent",
+        "prominence",
+        "widen*",
+        "wide",
+        "abnormal*",
+        "mass",
+    ),
+}
 
 # --------------------------------------------------------------------------------------------
 # Cues. Each list is a category; ``rules.CUE_RULES`` gives its direction (pre = applies to the
@@ -579,13 +604,6 @@ CUES: dict[str, tuple[str, ...]] = {
         "equivocal",
         "indeterminate",
         "uncertain",
-        "borderline",
-        "upper limit* of normal",
-        "upper normal",
-        "high normal",
-        "top normal",
-        "top of normal",
-        "at the upper range of normal",
         "evaluate for",
         "to rule out",
         "assess for",
@@ -614,7 +632,17 @@ CUES: dict[str, tuple[str, ...]] = {
         r"re:(?:is|are)\s(?:borderline|top normal|upper normal|high normal|at the upper limits? of normal)",
     ),
     # Uncertainty both ways: "atelectasis versus pneumonia".
-    "unc_both": ("versus",),
+    "unc_both": (
+        "versus",
+        "borderline",
+        "upper limit* of normal",
+        "upper normal",
+        "high normal",
+        "top normal",
+        "top of normal",
+        "upper range of normal",
+        "at the upper range of normal",
+    ),
     # Hedges that apply only to attribute mentions: "stable heart size", "mediastinum is unchanged".
     "hedge_attr": (
         "stable",
@@ -733,8 +761,6 @@ NEGATION_BREAKS: tuple[str, ...] = (
     "due to",
     "secondary to",
     "from",
-    "to suggest",
-    "to indicate",
 )
 
 # Alternatives that pair with a mention through "or" / "versus" (they are not observations).
@@ -830,13 +856,13 @@ NO_FINDING_BLOCKERS: tuple[str, ...] = (
     "lobectomy",
     "pneumonectomy",
     "osteopenia",
-    "adenopathy",
-    "lymphadenopathy",
     "pneumomediastinum",
     "pneumoperitoneum",
     "free air",
     "dislocation",
     "lesion*",
+    "interstitial prominence",
+    "pericardial effusion*",
 )
 
 # Statements of normality; No Finding needs one of these (or a negated mention) to be positive,
@@ -862,5 +888,6 @@ NORMAL_STATEMENTS: tuple[str, ...] = (
     "no finding*",
     "no disease",
     "nothing acute",
+    r"re:(?:no|without)\s(?:[\w-]+\s){0,4}?(?:disease|process|abnormalit\w*|finding|findings|change|changes)\b",
     "healthy",
 )

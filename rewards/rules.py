@@ -200,7 +200,7 @@ _WORD = re.compile(r"\w+")
 _MENTIONS = _mention_sets()
 _CUES = PhraseSet((p, cat) for cat, ps in phrases.CUES.items() for p in ps)
 _NORMAL_STATEMENT = PhraseSet((p, None) for p in phrases.NORMAL_STATEMENTS)
-_ENLARGED = _plain_alternation(phrases.ENLARGED_DESCRIPTORS)
+_ENLARGED = {name: _plain_alternation(ds) for name, ds in phrases.ENLARGED_DESCRIPTORS.items()}
 _CHF = _plain_alternation(phrases.CHF_PHRASES)
 _CLAUSE_BREAK = re.compile(r"[.!?;]|" + _plain_alternation(phrases.CLAUSE_BREAKS).pattern)
 _GAP_VERB = _plain_alternation(phrases.GAP_VERBS)
@@ -208,6 +208,8 @@ _NEG_BREAK = _plain_alternation(phrases.NEGATION_BREAKS)
 _RESTART = re.compile(r",\s*(?:and\s+)?(?:" + _plain_alternation(phrases.RESTART_MODIFIERS).pattern + ")")
 _AND_OR = re.compile(r"\b(?:and|or|nor|as well as|along with)\b")
 _SEPARATOR = re.compile(r",|\b(?:and|or|nor|as well as|along with)\b")
+# A backward cue does not jump over a list or a "with": "cardiomegaly and normal lung vascularity".
+_BACKWARD_STOP = re.compile(r",|\b(?:and|or|nor|with|without|versus)\b")
 _OR = re.compile(r"\bor\b")
 # Words a backward cue may have between itself and its subject: "heart size IS normal", "HAS BEEN removed".
 _COPULA_TAIL = re.compile(
@@ -237,7 +239,7 @@ _LOWER_STEPS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     (re.compile(p), r)
     for p, r in (
         (r"\bx-?xxxx\b", "x-ray"),
-        (r"\bx+\b", " xxxx "),
+        (r"\bx{3,}\b", "xxxx"),
         (r"\bw/o\b", " without "),
         (r"\bw/(?=\s|[a-z])", " with "),
         (r"\bs/p\b", " status post "),
@@ -269,7 +271,7 @@ def clean_report(text: object) -> str:
     text = text.lower().replace("\n", " ")
     for pattern, repl in _LOWER_STEPS:
         text = pattern.sub(repl, text)
-    return text.strip()
+    return text.strip(" .")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -361,7 +363,7 @@ def _direct_forward(text: str, cue: _Cue, m: Mention, rule: CueRule, cues: list[
 
 def _direct_backward(text: str, cue: _Cue, m: Mention, rule: CueRule, cues: list[_Cue]) -> bool:
     gap = _COPULA_TAIL.sub("", _gap(text, m.end, cue.start))
-    if _words(gap) > rule.backward or "," in gap or _GAP_VERB.search(gap):
+    if _words(gap) > rule.backward or _GAP_VERB.search(gap) or _BACKWARD_STOP.search(gap):
         return False
     return not _cue_between(cues, m.end, cue.start, cue.family)
 
@@ -371,6 +373,8 @@ def _link(text: str, left: Mention, right: Mention) -> str | None:
     if right.start < left.end:
         return "same"
     gap = text[left.end : right.start]
+    if not gap.strip(" -"):
+        return "same"  # one compound: "endotracheal tube", "pleural effusion"
     if _words(gap) > 4 or _GAP_VERB.search(gap) or _RESTART.search(gap) or not _SEPARATOR.search(gap):
         return None
     return "and" if _AND_OR.search(gap) else "comma"
@@ -421,7 +425,9 @@ def _reach(text: str, cue: _Cue, items: list[Mention], cues: list[_Cue]) -> list
 def _or_pairs(text: str, items: list[Mention]) -> set[int]:
     """Ids of mentions joined by "or" to another mention or alternative: "atelectasis or pneumonia"."""
     hedged: set[int] = set()
-    for o in _OR.finditer(text):
+    lo = max(0, items[0].start - 40)
+    hi = min(len(text), max(m.end for m in items) + 40)
+    for o in _OR.finditer(text, lo, hi):
         before = text[max(0, o.start() - 8) : o.start()]
         if before.endswith(("with ", "whether ")) or text.startswith("or not", o.start()):
             continue
@@ -444,7 +450,7 @@ def _has_descriptor(text: str, m: Mention, bounds: list[int]) -> tuple[bool, int
     """Whether an 'enlarged' word describes an attribute mention; returns (found, far end of the span)."""
     lo = max(0, m.start - 40)
     hi = min(len(text), m.end + 60)
-    for d in _ENLARGED.finditer(text, lo, hi):
+    for d in _ENLARGED[m.observation].finditer(text, lo, hi):
         if bisect_right(bounds, d.start()) != m.segment:
             continue
         gap = _gap(text, d.end(), m.start) if d.end() <= m.start else _gap(text, m.end, d.start())
@@ -460,10 +466,15 @@ def _classify(text: str, bounds: list[int], mentions: list[Mention], cues: list[
     by_segment: dict[int, list[Mention]] = {}
     for m in mentions:
         by_segment.setdefault(m.segment, []).append(m)
+    cues_by_segment: dict[int, list[_Cue]] = {}
+    for cue in cues:
+        cues_by_segment.setdefault(cue.segment, []).append(cue)
     families: dict[int, set[str]] = {id(m): set() for m in mentions}
     for cue in cues:
-        items = by_segment.get(cue.segment, [])
-        for m in _reach(text, cue, items, cues):
+        items = by_segment.get(cue.segment)
+        if not items:
+            continue
+        for m in _reach(text, cue, items, cues_by_segment[cue.segment]):
             families[id(m)].add(cue.family)
             m.cues.append(cue.category)
     by_id = {id(m): m for m in mentions}
