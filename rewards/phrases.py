@@ -254,6 +254,9 @@ ATTRIBUTE_MENTIONS: dict[str, tuple[str, ...]] = {
         "cardiac contour*",
         "cardiac diameter",
         "cardiothoracic ratio",
+        "cardiac and mediastinal silhouette*",
+        "cardiac and mediastinal contour*",
+        "heart and mediastinum",
         "heart shadow",
     ),
     "Enlarged Cardiomediastinum": (

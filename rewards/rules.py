@@ -105,9 +105,9 @@ class PhraseSet:
         return re.compile(regex), [tag for _, tag in items]
 
     def finditer(
-        self, text: str, words: list[tuple[int, str]], text_keys: set[str]
+        self, text: str, words: list[tuple[int, str]], text_keys: set[str], overlapping: bool = False
     ) -> list[tuple[int, int, object]]:
-        """Non-overlapping (start, end, tag) matches; ``words`` = (start, first two letters) of each word."""
+        """(start, end, tag) matches, non-overlapping unless asked; ``words`` = (start, first two letters)."""
         found = []
         if not self.keys.isdisjoint(text_keys):
             limit = 0
@@ -120,11 +120,11 @@ class PhraseSet:
                 m = compiled[0].match(text, start)
                 if m:
                     found.append((start, m.end(), compiled[1][m.lastindex - 1]))
-                    limit = m.end()
+                    limit = start if overlapping else m.end()
         if self._raw is not None:
             raw = [(m.start(), m.end(), self._raw[1][m.lastindex - 1]) for m in self._raw[0].finditer(text)]
             if raw:
-                found = _leftmost_longest(found + raw)
+                found = found + raw if overlapping else _leftmost_longest(found + raw)
         return found
 
 
@@ -319,7 +319,11 @@ def _find_mentions(
         matches = phrase_set.finditer(text, words, keys)
         if not matches:
             continue
-        excluded = [(us, ue) for us, ue, _ in unmention.finditer(text, words, keys)] if unmention else []
+        excluded = (
+            [(us, ue) for us, ue, _ in unmention.finditer(text, words, keys, overlapping=True)]
+            if unmention
+            else []
+        )
         for s, e, kind in matches:
             if any(us <= s and e <= ue for us, ue in excluded):
                 continue

@@ -137,6 +137,8 @@ SENTENCES = [
     ("Right effusion which may represent empyema.", "Pleural Effusion", P),
     ("The heart is enlarged, lungs are normal.", "Cardiomegaly", P),
     ("Stable mild cardiomegaly and normal lung vascularity.", "Cardiomegaly", P),
+    ("The cardiac and mediastinal silhouettes are unremarkable.", "Cardiomegaly", N),
+    ("The cardiac and mediastinal silhouettes are unremarkable.", "Enlarged Cardiomediastinum", N),
     # unmentions
     ("Small pericardial effusion.", "Pleural Effusion", B),
     ("Calcified nodule in the right upper lobe.", "Lung Lesion", B),
@@ -357,3 +359,8 @@ def test_throughput_exceeds_target_on_typical_impressions(labeler):
     labeler.label(texts)
     rate = len(texts) / (time.perf_counter() - start)
     assert rate > 500, rate
+
+
+def test_overlapping_unmentions_both_apply(labeler):
+    """Unmentions may overlap: 'prior granulomatous infection' is not a pneumonia."""
+    assert code_of(labeler, "No acute disease. Prior granulomatous infection.", "Pneumonia") == B
