@@ -45,11 +45,12 @@ def logprobs(model, inputs_and_targets) -> torch.Tensor:
 
 
 def randomize_policy(model, std: float = 0.3, seed: int = 0) -> None:
-    """Give the (zero-initialised) policy LoRA B matrices values, so the adapter changes the outputs."""
+    """Set the policy's LoRA A and B matrices from a seeded generator (B starts at zero in peft, so the
+    adapter then changes the outputs, identically for every model given the same seed)."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if f"lora_B.{POLICY}." in name:
+            if f".{POLICY}." in name and "lora_" in name:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
 
 
@@ -203,3 +204,39 @@ def test_merge_and_save_exports_a_plain_checkpoint_with_the_same_outputs(
     with torch.no_grad():
         torch.testing.assert_close(logprobs(merged, inputs), expected, rtol=1e-5, atol=1e-5)
     assert processor.tokenizer.get_vocab() == tiny_processor.tokenizer.get_vocab()
+
+
+def test_gradient_checkpointing_gives_the_same_policy_gradients(tiny_model_dir, inputs):
+    def policy_grads(checkpointing: bool) -> dict[str, torch.Tensor]:
+        base, _ = load_model_and_processor(tiny_model_dir, gradient_checkpointing=checkpointing)
+        model = add_policy_adapter(base, **LORA)
+        randomize_policy(model)
+        model.train()
+        (-logprobs(model, inputs).mean()).backward()
+        return {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+
+    plain, checkpointed = policy_grads(False), policy_grads(True)
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-6)
+
+
+def test_hidden_states_through_a_ddp_wrapper_match_and_reach_the_policy(tiny_model, inputs, tmp_path):
+    """language_hidden_states runs the wrapper's own forward, so DDP's gradient hooks apply."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialised in this process")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        model = add_policy_adapter(tiny_model, **LORA)
+        randomize_policy(model)
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        with torch.no_grad():
+            expected = logprobs(model, inputs)
+        through_ddp = logprobs(ddp, inputs)
+        torch.testing.assert_close(through_ddp, expected)
+        (-through_ddp.mean()).backward()
+        assert all(p.grad is not None for p in trainable_parameters(model))
+    finally:
+        dist.destroy_process_group()
