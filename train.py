@@ -66,7 +66,9 @@ def run(cfg: TrainConfig, resume: bool) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML recipe (default: the demo)")
     parser.add_argument("--resume", action="store_true", help="continue from the last good checkpoint")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, dotted keys for nested values")
@@ -97,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nrun folder: {Path(cfg.output_dir).resolve()}")
         print(f"  metrics:  {Path(cfg.output_dir) / 'metrics.jsonl'}")
         print(f"  adapter:  {final}")
-        print(f"  evaluate: python evaluate.py --run {cfg.output_dir} --split test --out {cfg.output_dir}/eval")
+        print(
+            f"  evaluate: python evaluate.py --run {cfg.output_dir} --split test --out {cfg.output_dir}/eval"
+        )
     distributed.teardown()
     return 0
 

@@ -45,7 +45,9 @@ class ModelConfig:
     min_pixels: int | None = None  # image resolution bounds for the processor
     max_pixels: int | None = None
     gradient_checkpointing: bool = False
-    init_adapter: str | None = None  # start from this adapter (e.g. after SFT); a frozen copy is the reference
+    init_adapter: str | None = (
+        None  # start from this adapter (e.g. after SFT); a frozen copy is the reference
+    )
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
@@ -68,6 +70,7 @@ class SamplingConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 256
+    min_new_tokens: int = 0  # > 0 suppresses EOS before that many tokens (benchmarks force a fixed length)
     mask_truncated: bool = False  # drop completions that hit max_new_tokens without EOS from the loss
 
 
@@ -176,6 +179,11 @@ def _check_value(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if annotation is float:
+        if isinstance(value, str):  # PyYAML reads 5e-6 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
@@ -296,34 +304,54 @@ def validate(cfg: TrainConfig) -> None:
     for key in ("log_every", "sample_every", "save_every", "keep_last"):
         _require(getattr(cfg, key) >= 1, f"{key}: must be >= 1, got {getattr(cfg, key)}")
     s, g, o, b = cfg.sampling, cfg.grpo, cfg.optim, cfg.batch
-    _require(s.group_size >= 2 or cfg.mode == "sft",
-             f"sampling.group_size: GRPO needs G >= 2 (eq. 2 normalizes within a group), got {s.group_size}")
+    _require(
+        s.group_size >= 2 or cfg.mode == "sft",
+        f"sampling.group_size: GRPO needs G >= 2 (eq. 2 normalizes within a group), got {s.group_size}",
+    )
     _require(s.temperature > 0, f"sampling.temperature: must be > 0, got {s.temperature}")
     _require(0 < s.top_p <= 1, f"sampling.top_p: must be in (0, 1], got {s.top_p}")
     _require(s.max_new_tokens >= 1, f"sampling.max_new_tokens: must be >= 1, got {s.max_new_tokens}")
+    _require(
+        0 <= s.min_new_tokens <= s.max_new_tokens,
+        f"sampling.min_new_tokens: must be in [0, max_new_tokens], got {s.min_new_tokens}",
+    )
     _require(g.beta >= 0, f"grpo.beta: must be >= 0, got {g.beta}")
     _require(0 < g.eps_low < 1, f"grpo.eps_low: must be in (0, 1), got {g.eps_low}")
     _require(g.eps_high is None or g.eps_high > 0, f"grpo.eps_high: must be > 0, got {g.eps_high}")
-    _require(g.aggregation in ("sequence", "token", "dr_grpo"),
-             f"grpo.aggregation: expected sequence, token or dr_grpo, got {g.aggregation!r}")
-    _require(g.adv_scale in ("group", "batch", "none"),
-             f"grpo.adv_scale: expected group, batch or none, got {g.adv_scale!r}")
+    _require(
+        g.aggregation in ("sequence", "token", "dr_grpo"),
+        f"grpo.aggregation: expected sequence, token or dr_grpo, got {g.aggregation!r}",
+    )
+    _require(
+        g.adv_scale in ("group", "batch", "none"),
+        f"grpo.adv_scale: expected group, batch or none, got {g.adv_scale!r}",
+    )
     _require(g.num_iterations >= 1, f"grpo.num_iterations: must be >= 1, got {g.num_iterations}")
-    _require(cfg.save_every % g.num_iterations == 0,
-             f"save_every ({cfg.save_every}) must be a multiple of grpo.num_iterations ({g.num_iterations}): "
-             "checkpoints are taken between batches of rollouts")
+    _require(
+        cfg.save_every % g.num_iterations == 0,
+        f"save_every ({cfg.save_every}) must be a multiple of grpo.num_iterations ({g.num_iterations}): "
+        "checkpoints are taken between batches of rollouts",
+    )
     _require(g.logprob_chunk >= 1, f"grpo.logprob_chunk: must be >= 1, got {g.logprob_chunk}")
     _require(o.lr > 0, f"optim.lr: must be > 0, got {o.lr}")
     _require(all(0 <= x < 1 for x in o.betas), f"optim.betas: each must be in [0, 1), got {o.betas}")
     _require(0 <= o.warmup_ratio < 1, f"optim.warmup_ratio: must be in [0, 1), got {o.warmup_ratio}")
     _require(o.grad_clip > 0, f"optim.grad_clip: must be > 0, got {o.grad_clip}")
-    _require(o.eight_bit in ("auto", "on", "off"), f"optim.eight_bit: expected auto, on or off, got {o.eight_bit!r}")
+    _require(
+        o.eight_bit in ("auto", "on", "off"),
+        f"optim.eight_bit: expected auto, on or off, got {o.eight_bit!r}",
+    )
     _require(b.prompts_per_device >= 1, f"batch.prompts_per_device: must be >= 1, got {b.prompts_per_device}")
     _require(b.grad_accum >= 1, f"batch.grad_accum: must be >= 1, got {b.grad_accum}")
     _require(cfg.model.lora.rank >= 1, f"model.lora.rank: must be >= 1, got {cfg.model.lora.rank}")
-    _require(0 <= cfg.model.lora.dropout < 1, f"model.lora.dropout: must be in [0, 1), got {cfg.model.lora.dropout}")
-    _require("{report}" in cfg.sft.target_template,
-             f"sft.target_template: must contain {{report}}, got {cfg.sft.target_template!r}")
+    _require(
+        0 <= cfg.model.lora.dropout < 1,
+        f"model.lora.dropout: must be in [0, 1), got {cfg.model.lora.dropout}",
+    )
+    _require(
+        "{report}" in cfg.sft.target_template,
+        f"sft.target_template: must contain {{report}}, got {cfg.sft.target_template!r}",
+    )
     _require(cfg.sft.steps >= 0, f"sft.steps: must be >= 0, got {cfg.sft.steps}")
     r = cfg.reward
     if cfg.mode == "grpo":
@@ -332,10 +360,16 @@ def validate(cfg: TrainConfig) -> None:
         for name, weight in r.weights.items():
             _require(name in known, f"reward.weights: unknown term {name!r} (known: {', '.join(known)})")
             _require(weight >= 0, f"reward.weights.{name}: must be >= 0, got {weight}")
-    _require(r.labeler in ("rules", "chexbert"), f"reward.labeler: expected rules or chexbert, got {r.labeler!r}")
+    _require(
+        r.labeler in ("rules", "chexbert"), f"reward.labeler: expected rules or chexbert, got {r.labeler!r}"
+    )
     if r.labeler == "chexbert":
-        _require(r.chexbert_path is not None and r.chexbert_tokenizer is not None,
-                 "reward.labeler=chexbert needs reward.chexbert_path and reward.chexbert_tokenizer")
+        _require(
+            r.chexbert_path is not None and r.chexbert_tokenizer is not None,
+            "reward.labeler=chexbert needs reward.chexbert_path and reward.chexbert_tokenizer",
+        )
     _require(r.margin is None or -1 < r.margin < 1, f"reward.margin: m must be in (-1, 1), got {r.margin}")
-    _require(r.uncertain_as in ("positive", "negative"),
-             f"reward.uncertain_as: expected positive or negative, got {r.uncertain_as!r}")
+    _require(
+        r.uncertain_as in ("positive", "negative"),
+        f"reward.uncertain_as: expected positive or negative, got {r.uncertain_as!r}",
+    )

@@ -71,7 +71,11 @@ class RunLog:
         for name in ("metrics.jsonl", "samples.jsonl"):
             path = self.run_dir / name
             if path.exists():
-                kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+                kept = [
+                    line
+                    for line in path.read_text().splitlines()
+                    if line and json.loads(line)["step"] <= step
+                ]
                 path.write_text("".join(line + "\n" for line in kept))
 
     def close(self) -> None:

@@ -79,9 +79,11 @@ class Rollout:
 class Trainer:
     """Builds everything a run needs from a TrainConfig, then ``train()`` runs it (``mode`` grpo or sft)."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False, reward_fn=None):
+    def __init__(self, cfg: TrainConfig, resume: bool = False, reward_fn=None, policy=None):
         """``reward_fn`` replaces the configured RewardCombiner: any callable with the combiner's signature
-        ``(completions, references, ref_keys) -> RewardOutput`` (how researchers plug in a new reward)."""
+        ``(completions, references, ref_keys) -> RewardOutput`` (how researchers plug in a new reward).
+        ``policy`` = ``(model, processor)`` already built (e.g. a model made from a config for a benchmark)
+        replaces loading ``model.path``; the LoRA adapter is added as configured."""
         self.cfg = cfg
         self.dist = distributed.setup(cfg.device)
         self.run_dir = Path(cfg.output_dir)
@@ -89,12 +91,14 @@ class Trainer:
         np.random.seed(cfg.seed + self.dist.rank)
 
         self.samples = self._load_samples()
-        self.model, self.processor = self._load_policy()
+        self.model, self.processor = self._load_policy(policy)
         self.tokenizer = self.processor.tokenizer
         self.stop_ids = _stop_token_ids(self.model, self.tokenizer)
         self.suppress_ids = vision_token_ids(self.processor)
         self.ddp = (
-            DistributedDataParallel(self.model, device_ids=[self.dist.local_rank] if self.dist.device.type == "cuda" else None)
+            DistributedDataParallel(
+                self.model, device_ids=[self.dist.local_rank] if self.dist.device.type == "cuda" else None
+            )
             if self.dist.enabled
             else None
         )
@@ -126,12 +130,15 @@ class Trainer:
         log.info("data: %d %s samples from %s", len(samples), d.split, d.annotation)
         return samples
 
-    def _load_policy(self):
+    def _load_policy(self, policy=None):
         m = self.cfg.model
-        model, processor = load_model_and_processor(
-            m.path, device=self.dist.device, dtype=m.dtype, attn_implementation=m.attn_implementation,
-            min_pixels=m.min_pixels, max_pixels=m.max_pixels, gradient_checkpointing=m.gradient_checkpointing,
-        )  # fmt: skip
+        if policy is not None:
+            model, processor = policy
+        else:
+            model, processor = load_model_and_processor(
+                m.path, device=self.dist.device, dtype=m.dtype, attn_implementation=m.attn_implementation,
+                min_pixels=m.min_pixels, max_pixels=m.max_pixels, gradient_checkpointing=m.gradient_checkpointing,
+            )  # fmt: skip
         lora = m.lora
         kwargs = {"target_regex": lora.target_regex} if lora.target_regex else {}
         model = add_policy_adapter(
@@ -232,7 +239,8 @@ class Trainer:
         generated = self.model.generate(
             **prompts, **(images.model_kwargs() if images else {}),
             do_sample=True, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p, top_k=0,
-            max_new_tokens=cfg.sampling.max_new_tokens, num_return_sequences=G,
+            max_new_tokens=cfg.sampling.max_new_tokens, min_new_tokens=cfg.sampling.min_new_tokens,
+            num_return_sequences=G,
             eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id,
             suppress_tokens=self.suppress_ids, use_cache=True,
         )  # fmt: skip
@@ -243,7 +251,10 @@ class Trainer:
         timings["time/generate"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        texts = self.tokenizer.batch_decode(completion_ids.masked_fill(~completion_mask, self.tokenizer.pad_token_id), skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(
+            completion_ids.masked_fill(~completion_mask, self.tokenizer.pad_token_id),
+            skip_special_tokens=True,
+        )
         references = [s.report for s in samples for _ in range(G)]
         keys = [s.study_id for s in samples for _ in range(G)]
         scored = self.reward(texts, references, keys)
@@ -255,7 +266,14 @@ class Trainer:
         inputs = append_completion(repeat_for_group(prompts, G), completion_ids, completion_mask)
         row_images = images.repeat_per_prompt(counts, G) if images is not None else None
         loss_mask = completion_mask & ~truncated[:, None] if cfg.sampling.mask_truncated else completion_mask
-        logp_args = (inputs, row_images, prompt_len, completion_ids, completion_mask, cfg.sampling.temperature)
+        logp_args = (
+            inputs,
+            row_images,
+            prompt_len,
+            completion_ids,
+            completion_mask,
+            cfg.sampling.temperature,
+        )
         ref_logp = old_logp = None
         if cfg.grpo.beta > 0:
             with reference_policy(self.model) as reference:
@@ -269,7 +287,12 @@ class Trainer:
         stats = self._rollout_stats(scored, rewards, advantages, completion_mask, truncated, texts, G)
         stats.update(timings)
         examples = [
-            {"study_id": keys[i], "reward": float(scored.total[i]), "completion": texts[i], "reference": references[i]}
+            {
+                "study_id": keys[i],
+                "reward": float(scored.total[i]),
+                "completion": texts[i],
+                "reference": references[i],
+            }
             for i in range(min(len(texts), 2 * G))
         ]
         return Rollout(inputs, row_images, prompt_len, completion_ids, completion_mask, loss_mask,
@@ -512,7 +535,9 @@ def load_policy_weights(model, adapter_dir: Path) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    weights = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"), device=str(next(model.parameters()).device))
+    weights = load_file(
+        str(Path(adapter_dir) / "adapter_model.safetensors"), device=str(next(model.parameters()).device)
+    )
     result = set_peft_model_state_dict(model, weights, adapter_name=POLICY)
     missing = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
     if missing:

@@ -10,7 +10,12 @@ REQUIRED = ["model.path=/ckpt", "data.annotation=/data/annotation.json"]
 
 
 def test_overrides_parse_as_yaml_scalars_into_nested_keys():
-    assert parse_overrides(["a.b=3", "c=null", "d=[1, 2]", "e=x"]) == {"a": {"b": 3}, "c": None, "d": [1, 2], "e": "x"}
+    assert parse_overrides(["a.b=3", "c=null", "d=[1, 2]", "e=x"]) == {
+        "a": {"b": 3},
+        "c": None,
+        "d": [1, 2],
+        "e": "x",
+    }
 
 
 def test_override_sets_nested_values_and_keeps_other_defaults():
@@ -20,8 +25,9 @@ def test_override_sets_nested_values_and_keeps_other_defaults():
     assert to_dict(cfg)["optim"]["betas"] == [0.9, 0.95]
 
 
-def test_int_is_accepted_where_a_float_is_declared():
+def test_int_and_exponent_strings_are_accepted_where_a_float_is_declared():
     assert load_config(None, [*REQUIRED, "optim.lr=1"]).optim.lr == 1.0
+    assert load_config(None, [*REQUIRED, "optim.lr=5e-6"]).optim.lr == 5e-6  # YAML 1.1 reads this as a string
 
 
 @pytest.mark.parametrize(
@@ -60,7 +66,9 @@ def test_sft_mode_accepts_group_size_one():
 
 
 def test_yaml_file_with_base_is_merged_and_errors_name_the_file(tmp_path):
-    (tmp_path / "base.yaml").write_text("model: {path: /ckpt}\ndata: {annotation: /a.json}\nsampling: {group_size: 8}\n")
+    (tmp_path / "base.yaml").write_text(
+        "model: {path: /ckpt}\ndata: {annotation: /a.json}\nsampling: {group_size: 8}\n"
+    )
     (tmp_path / "child.yaml").write_text("base: base.yaml\nsampling: {temperature: 0.7}\n")
     cfg = load_config(tmp_path / "child.yaml")
     assert cfg.sampling.group_size == 8 and cfg.sampling.temperature == 0.7
