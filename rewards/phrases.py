@@ -275,6 +275,8 @@ ATTRIBUTE_MENTIONS: dict[str, tuple[str, ...]] = {
         "mediastinal border*",
         "pericardial silhouette",
         "hilar and mediastinal contours",
+        "mediastinal and hilar contour*",
+        "mediastinal and hilar silhouette*",
     ),
 }
 
@@ -405,6 +407,32 @@ ENLARGED_DESCRIPTORS: dict[str, tuple[str, ...]] = {
 # Cues. Each list is a category; ``rules.CUE_RULES`` gives its direction (pre = applies to the
 # mentions after it, post = to the mentions before it) and how far it reaches.
 # --------------------------------------------------------------------------------------------
+
+# Benign explanations of an apparent finding (regular-expression fragments), for the "unc_spurious" cue.
+SPURIOUS_EXPLANATIONS: tuple[str, ...] = (
+    r"artifact\w*",
+    r"overlap\w*",
+    "overlying",
+    "superimposition",  # not "superimposed", which usually means an added process ("superimposed pneumonia")
+    r"superimposed (?:structures|shadows|vessels|soft tissues?|bones?|osseous structures)",
+    "summation",
+    r"soft[\s-]tissues?",
+    r"nipples?(?: shadows?)?",
+    r"fat pads?",
+    "epicardial fat",
+    r"vessels?",
+    r"vascular (?:shadows?|structures?)",
+    "technique",
+    r"(?:patient )?positioning",
+    r"(?:patient )?rotation",
+    r"projection(?:al)?",
+    r"low lung volumes?",
+    r"(?:bronchovascular )?crowding",
+    r"(?:body )?habitus",
+    r"skin folds?",
+    "costochondral",
+    "bone island",
+)
 
 CUES: dict[str, tuple[str, ...]] = {
     # Phrases that look like cues but are not; matched first so they shadow the real cue.
@@ -552,16 +580,15 @@ CUES: dict[str, tuple[str, ...]] = {
         "cleared",
         "removed",
         "removal",
-        "withdrawn",
+        # "withdrawn" alone ends a tube's stay; "withdrawn by 2 cm" / "withdrawn and now terminates" repositions it
+        r"re:withdrawn(?=\s*(?:[.;!?]|$))",
         "excluded",
         "gone",
         "none",
     ),
     # Uncertainty about the mentions that follow.
     "unc_pre": (
-        "possible",
         "possibly",
-        "probable",
         "probably",
         "likely",
         "most likely",
@@ -569,8 +596,14 @@ CUES: dict[str, tuple[str, ...]] = {
         "less likely",
         "unlikely",
         "presumably",
-        "presumed",
-        "questionable",
+        "questionably",
+        "equivocally",
+        "there may be",
+        "there may also be",
+        "there might be",
+        "there could be",
+        "there could also be",
+        "there can be",
         "question of",
         "questioned",
         "suspect*",
@@ -604,9 +637,7 @@ CUES: dict[str, tuple[str, ...]] = {
         "favored",
         "favoring",
         "raising the question",
-        "equivocal",
-        "indeterminate",
-        "uncertain",
+        "indeterminately",
         "evaluate for",
         "to rule out",
         "assess for",
@@ -625,18 +656,41 @@ CUES: dict[str, tuple[str, ...]] = {
     ),
     # Uncertainty about the mentions before it, when the clause ends with it.
     "unc_post": (
-        r"re:(?:is|are|was|were)\s(?:also\s|more\s|most\s|less\s)?"
+        r"re:(?:is|are|was|were)\s(?:(?:also|still|more|most|less|considered|thought|felt|to|be)\s){0,3}"
         r"(?:possible|likely|probable|suspected|questioned|favored|suspicious|questionable|a possibility|"
-        r"a consideration|not certain|uncertain|equivocal|indeterminate|in question)\b",
+        r"a consideration|not certain|uncertain|equivocal|indeterminate|in question)\b(?!\s(?:over|than)\b)",
         r"re:(?:may|might|could)\s(?:also\s)?be\s(?:present|seen|noted|identified|developing|forming|considered|"
         r"present bilaterally|an? \w+)\b",
         r"re:(?:possibly|likely|probably|suspected|questionable|presumably|possible|borderline)(?=\s?(?:[.;!?]|$))",
         r"re:(?:is|are)\snot\s(?:entirely\s)?(?:certain|clear|definite)",
-        r"re:(?:is|are)\s(?:borderline|top normal|upper normal|high normal|at the upper limits? of normal)",
+        r"re:(?:is|are|was|were|remains?|appears?)\s(?:still\s)?(?:borderline|top normal|upper normal|"
+        r"high normal|(?:at\s)?(?:the\s)?upper limits? of normal)",
+    ),
+    # Adjectives of doubt: they hedge their own noun phrase only, so like a negation their reach ends at
+    # "with" ("probable small effusions with adjacent atelectasis": the atelectasis is stated).
+    "unc_adj": (
+        "possible",
+        "probable",
+        "questionable",
+        "suspected",
+        "presumed",
+        "presumptive",
+        "equivocal",
+        "indeterminate",
+        "uncertain",
+    ),
+    # A benign explanation offered for a finding makes the finding itself uncertain, even across a comma:
+    # "opacity at the right base may relate to overlying soft tissue", "nodular opacity, possibly a nipple".
+    # It keeps its hedge's forward reach too: "could be projectional or a solid mass".
+    "unc_spurious": (
+        r"re:(?:may|might|could|likely|probably|possibly|presumably|perhaps|most likely|more likely)\s"
+        r"(?:[\w-]+\s){0,4}?(?:" + "|".join(SPURIOUS_EXPLANATIONS) + r")\b",
     ),
     # Uncertainty both ways: "atelectasis versus pneumonia".
     "unc_both": (
         "versus",
+        # "atelectasis is favored over pneumonia": both are possibilities
+        r"re:(?:(?:is|are)\s)?(?:favou?red|preferred|more likely)\s(?:over|than)\b",
         "borderline",
         "upper limit* of normal",
         "upper normal",
@@ -685,6 +739,17 @@ GAP_VERBS: tuple[str, ...] = (
     "identified",
     "visualized",
     "present",
+)
+
+# Adverbs that turn a following gap verb into a participle of a noun phrase: "resolution of previously
+# seen effusion" (each is a fixed-width look-behind in rules, so single words only).
+PARTICIPLE_ADVERBS: tuple[str, ...] = (
+    "previously",
+    "recently",
+    "formerly",
+    "earlier",
+    "originally",
+    "already",
 )
 
 # Words after a comma that restart a positive statement inside a negated list:

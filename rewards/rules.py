@@ -156,6 +156,8 @@ class CueRule:
     forward: int  # words it reaches after itself (0: none)
     backward: int  # words it reaches before itself (0: none)
     strict_forward: bool = False  # coordination needs "and"/"or" (short-reach cues)
+    noun_phrase: bool = False  # forward reach ends at "with" / "due to" ... (as negation's does)
+    loose_backward: bool = False  # backward reach crosses commas, lists and verbs (within its window)
 
 
 CUE_RULES: dict[str, CueRule] = {
@@ -166,6 +168,8 @@ CUE_RULES: dict[str, CueRule] = {
     "neg_both_short": CueRule("neg", 2, 5, strict_forward=True),
     "neg_post": CueRule("neg", 0, 5),
     "unc_pre": CueRule("unc", 6, 0),
+    "unc_adj": CueRule("unc", 6, 0, noun_phrase=True),
+    "unc_spurious": CueRule("unc", 6, 10, loose_backward=True),
     "unc_post": CueRule("unc", 0, 5),
     "unc_both": CueRule("unc", 4, 4, strict_forward=True),
     "hedge_attr": CueRule("hedge", 3, 5, strict_forward=True),
@@ -203,7 +207,11 @@ _NORMAL_STATEMENT = PhraseSet((p, None) for p in phrases.NORMAL_STATEMENTS)
 _ENLARGED = {name: _plain_alternation(ds) for name, ds in phrases.ENLARGED_DESCRIPTORS.items()}
 _CHF = _plain_alternation(phrases.CHF_PHRASES)
 _CLAUSE_BREAK = re.compile(r"[.!?;]|" + _plain_alternation(phrases.CLAUSE_BREAKS).pattern)
-_GAP_VERB = _plain_alternation(phrases.GAP_VERBS)
+# "previously seen", "recently placed": a participle after one of these adverbs is not a new statement.
+_GAP_VERB = re.compile(
+    "".join(rf"(?<!\b{a} )" for a in phrases.PARTICIPLE_ADVERBS)
+    + f"(?:{_plain_alternation(phrases.GAP_VERBS).pattern})"
+)
 _NEG_BREAK = _plain_alternation(phrases.NEGATION_BREAKS)
 _RESTART = re.compile(r",\s*(?:and\s+)?(?:" + _plain_alternation(phrases.RESTART_MODIFIERS).pattern + ")")
 _AND_OR = re.compile(r"\b(?:and|or|nor|as well as|along with)\b")
@@ -241,6 +249,7 @@ _LOWER_STEPS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"\bx-?xxxx\b", "x-ray"),
         (r"\bx{3,}\b", "xxxx"),
         (r"\bw/o\b", " without "),
+        (r"\bcan[\u2019']?t\b", "cannot"),
         (r"\bw/(?=\s|[a-z])", " with "),
         (r"\bs/p\b", " status post "),
         (r"\br/o\b", " rule out "),
@@ -358,7 +367,7 @@ def _direct_forward(text: str, cue: _Cue, m: Mention, rule: CueRule, cues: list[
     gap = _gap(text, cue.end, m.start)
     if _words(gap) > rule.forward or _GAP_VERB.search(gap) or _RESTART.search(gap):
         return False
-    if cue.family == "neg" and _NEG_BREAK.search(gap):
+    if (cue.family == "neg" or rule.noun_phrase) and _NEG_BREAK.search(gap):
         return False
     if rule.strict_forward and "," in gap:
         return False
@@ -367,7 +376,9 @@ def _direct_forward(text: str, cue: _Cue, m: Mention, rule: CueRule, cues: list[
 
 def _direct_backward(text: str, cue: _Cue, m: Mention, rule: CueRule, cues: list[_Cue]) -> bool:
     gap = _COPULA_TAIL.sub("", _gap(text, m.end, cue.start))
-    if _words(gap) > rule.backward or _GAP_VERB.search(gap) or _BACKWARD_STOP.search(gap):
+    if _words(gap) > rule.backward:
+        return False
+    if not rule.loose_backward and (_GAP_VERB.search(gap) or _BACKWARD_STOP.search(gap)):
         return False
     return not _cue_between(cues, m.end, cue.start, cue.family)
 
