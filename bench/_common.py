@@ -1,0 +1,122 @@
+"""Shared pieces of the GRPO benchmarks (bench/vs_trl.py, bench/scaling.py): the work folder (synthetic world
+and tiny model folder), the policy at a named size, the reward both trainers score with, our trainer's config,
+and process memory figures. Each benchmark runs its measured work in a fresh subprocess, so peak RSS belongs
+to one configuration only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+for path in (str(REPO), str(BENCH_DIR)):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+REWARD_WEIGHTS = {"mccs": 0.75, "format": 0.25}  # the paper's reward, rule labeler (no download)
+
+
+def prepare_workdir(workdir: Path, n_studies: int = 64) -> tuple[Path, Path]:
+    """The synthetic world's annotation.json and the tiny model folder (tokenizer, processor, weights)."""
+    from data.synthetic import generate_world, world_texts
+    from model.tiny import build_tiny_model
+
+    annotation = workdir / "world" / "annotation.json"
+    if not annotation.exists():
+        generate_world(annotation.parent, n=n_studies, seed=0)
+    tiny = workdir / "tiny"
+    if not (tiny / "config.json").exists():
+        build_tiny_model(tiny, world_texts(annotation), seed=0)
+    return annotation, tiny
+
+
+def build_policy(tiny_dir: Path, size: str, vocab: int | None = None):
+    """(model, processor), fp32 on CPU, identical in every process: the saved tiny model, or a random model
+    of a bench/random_qwen.py size (seeded). ``vocab`` widens the tiny model's output vocabulary (random
+    rows beyond the tokenizer's ids; the tokenizer never produces them, sampling may)."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from model.processor import load_processor
+
+    if size == "tiny" and vocab is None:
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_dir, dtype=torch.float32)
+        return model.eval(), load_processor(tiny_dir)
+    if size == "tiny":
+        from model.tiny import TinySizes, tiny_config
+
+        processor = load_processor(tiny_dir)
+        config = tiny_config(processor.tokenizer, TinySizes())
+        config.text_config.vocab_size = vocab
+        torch.manual_seed(0)
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.float32)
+        model.generation_config.eos_token_id = [processor.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+        model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+        return model.eval(), processor
+    from random_qwen import build_random_qwen
+
+    return build_random_qwen(tiny_dir, size, device="cpu", dtype=torch.float32)
+
+
+def make_reward():
+    """The reward both trainers call: 0.75 MCCS + 0.25 format with the rule labeler (rewards.combine)."""
+    from rewards.combine import RewardCombiner
+    from rewards.labelers import make_labeler
+
+    return RewardCombiner(REWARD_WEIGHTS, labeler=make_labeler("rules"))
+
+
+def our_config(annotation: Path, tiny: Path, out_dir: Path, s: dict, steps: int, extra: list[str] = ()):
+    """Our TrainConfig for the shared settings ``s`` (see vs_trl.SETTINGS)."""
+    from grpo.config import load_config
+
+    return load_config(None, [
+        f"model.path={tiny}", "model.dtype=float32", f"data.annotation={annotation}", f"output_dir={out_dir}",
+        "device=cpu", f"max_steps={steps}", f"seed={s['seed']}",
+        f"sampling.group_size={s['G']}", f"batch.prompts_per_device={s['prompts']}", "batch.grad_accum=1",
+        f"sampling.max_new_tokens={s['new_tokens']}", f"sampling.min_new_tokens={s['new_tokens']}",
+        f"sampling.temperature={s['temperature']}", f"sampling.top_p={s['top_p']}",
+        f"grpo.beta={s['beta']}", f"grpo.eps_low={s['epsilon']}", "grpo.aggregation=sequence",
+        f"grpo.num_iterations={s['num_iterations']}",
+        f"model.lora.rank={s['lora_rank']}", f"model.lora.alpha={s['lora_alpha']}",
+        f"model.lora.dropout={s['lora_dropout']}", f"model.lora.target_regex='{s['lora_target_regex']}'",
+        "model.gradient_checkpointing=false", f"optim.lr={s['lr']}", f"optim.weight_decay={s['weight_decay']}",
+        f"optim.betas=[{s['adam_betas'][0]}, {s['adam_betas'][1]}]", f"optim.grad_clip={s['max_grad_norm']}",
+        "optim.eight_bit='off'", "save_every=100000", "log_every=1", "sample_every=100000", *extra,
+    ])  # fmt: skip
+
+
+def current_rss_gb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 1e9
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident set size so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def run_worker(script: Path, args: list[str], timeout: float = 600.0) -> dict:
+    """Run ``script --worker ...`` in a fresh Python process; its last stdout line is a JSON object."""
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error")
+    done = subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        tail = "\n".join(done.stderr.splitlines()[-25:])
+        raise RuntimeError(f"worker {' '.join(args)} failed (exit {done.returncode}):\n{tail}")
+    return json.loads(lines[-1])
+
+
+def median(values) -> float:
+    values = list(values)
+    return statistics.median(values) if values else float("nan")
