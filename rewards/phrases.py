@@ -209,6 +209,8 @@ HEDGED_MENTIONS: dict[str, tuple[str, ...]] = {
         "pulmonary congestion",
         "central congestion",
         "venous congestion",
+        "hilar congestion",
+        "perihilar congestion",
         "indistinctness",
         "vascular prominence",
         "prominence of the pulmonary vasculature",
@@ -511,6 +513,7 @@ CUES: dict[str, tuple[str, ...]] = {
         "could not be excluded",
         "could not be ruled out",
         "is difficult to exclude",
+        r"re:(?:would|may|might|could|can)\s(?:be\s)?(?:difficult|hard)\sto\s(?:exclude|rule out)",
     ),
     # Negation of the mentions that follow.
     "neg_pre": (
@@ -556,6 +559,8 @@ CUES: dict[str, tuple[str, ...]] = {
         "not widened",
         "not seen",
         "not identified",
+        "not suspected",
+        "not favored",
         "not present",
         "not visualized",
         "not visible",
@@ -656,9 +661,14 @@ CUES: dict[str, tuple[str, ...]] = {
     ),
     # Uncertainty about the mentions before it, when the clause ends with it.
     "unc_post": (
+        # Only where the clause (or its main part) ends: in "opacities are likely atelectasis" the hedge is
+        # about what follows, and the forward "likely" handles it.
         r"re:(?:is|are|was|were)\s(?:(?:also|still|more|most|less|considered|thought|felt|to|be)\s){0,3}"
-        r"(?:possible|likely|probable|suspected|questioned|favored|suspicious|questionable|a possibility|"
-        r"a consideration|not certain|uncertain|equivocal|indeterminate|in question)\b(?!\s(?:over|than)\b)",
+        r"(?:possible|likely|unlikely|probable|suspected|questioned|favored|suspicious|questionable|"
+        r"a possibility|a consideration|not certain|uncertain|equivocal|indeterminate|in question|"
+        r"(?:probably|possibly|likely|questionably) (?:present|seen|noted))\b"
+        r"(?=\s?(?:[.;,:!?]|$)|\s(?:given|in|on|at|as|and|but|although|though|however|because|based|since|if|"
+        r"with|without|for|to|clinically|radiographically|bilaterally)\b)",
         r"re:(?:may|might|could)\s(?:also\s)?be\s(?:present|seen|noted|identified|developing|forming|considered|"
         r"present bilaterally|an? \w+)\b",
         r"re:(?:possibly|likely|probably|suspected|questionable|presumably|possible|borderline)(?=\s?(?:[.;!?]|$))",

@@ -364,3 +364,297 @@ def test_throughput_exceeds_target_on_typical_impressions(labeler):
 def test_overlapping_unmentions_both_apply(labeler):
     """Unmentions may overlap: 'prior granulomatous infection' is not a pneumonia."""
     assert code_of(labeler, "No acute disease. Prior granulomatous infection.", "Pneumonia") == B
+
+
+# ----------------------------------------------------------------------------------------------
+# Hard cases of real (MIMIC-CXR style) impressions: polarity and hedging. Each case lists the expected
+# code of the observations it is about; where CheXpert's conventions are ambiguous the choice follows
+# LABELER-NOTES and is stated in a comment.
+# ----------------------------------------------------------------------------------------------
+
+_SHORT = {
+    "EC": "Enlarged Cardiomediastinum",
+    "CM": "Cardiomegaly",
+    "LO": "Lung Opacity",
+    "LL": "Lung Lesion",
+    "ED": "Edema",
+    "CO": "Consolidation",
+    "PN": "Pneumonia",
+    "AT": "Atelectasis",
+    "PX": "Pneumothorax",
+    "PE": "Pleural Effusion",
+    "PO": "Pleural Other",
+    "FX": "Fracture",
+    "SD": "Support Devices",
+    "NF": "No Finding",
+}
+
+HEDGED_REPORTS = [
+    # "there may / could / might be X" and "X may be present"
+    ("There may be a subtle opacity in the right lower lobe.", {"LO": U}),
+    ("There may be a small left pleural effusion.", {"PE": U}),
+    ("There could be a trace right pleural effusion.", {"PE": U}),
+    ("There might be minimal bibasilar atelectasis.", {"AT": U}),
+    ("There might be early interstitial edema.", {"ED": U}),
+    ("A small right pneumothorax may be present.", {"PX": U}),
+    ("Small bilateral pleural effusions could be present.", {"PE": U}),
+    # adverbs and adjectives of doubt
+    ("The mediastinal contour is questionably widened.", {"EC": U}),
+    ("The heart is questionably enlarged.", {"CM": U}),
+    ("The heart is equivocally enlarged.", {"CM": U}),
+    ("Questionable small nodular opacity in the left upper lobe.", {"LL": U, "LO": B}),
+    ("Equivocal left retrocardiac opacity.", {"LO": U}),
+    ("Indeterminate opacity at the right lung base.", {"LO": U}),
+    ("Mediastinal widening is equivocal.", {"EC": U}),
+    ("Heart size is borderline enlarged.", {"CM": U}),
+    ("Heart size is top normal.", {"CM": U}),
+    ("Heart size remains at the upper limits of normal.", {"CM": U, "NF": B}),
+    ("There is a possible small left apical pneumothorax.", {"PX": U}),
+    ("Probable small left pleural effusion.", {"PE": U}),
+    ("Suspected right lower lobe pneumonia.", {"PN": U}),
+    ("Possible nondisplaced fracture of the left seventh rib.", {"FX": U}),
+    ("Possible early left lower lobe pneumonia in the appropriate clinical setting.", {"PN": U}),
+    # an adjective of doubt hedges its own noun phrase, not what comes "with" it
+    ("Probable small bilateral pleural effusions with adjacent atelectasis.", {"PE": U, "AT": P}),
+    ("Possible left lower lobe pneumonia with small effusion.", {"PN": U, "PE": P}),
+    # negation-like uncertainty
+    ("Cannot rule out early pneumonia.", {"PN": U}),
+    ("Can't exclude a small pneumothorax.", {"PX": U}),
+    ("Trace left effusion is not excluded.", {"PE": U}),
+    ("A superimposed infection cannot be entirely excluded.", {"PN": U}),
+    ("Cannot exclude small bilateral pleural effusions.", {"PE": U}),
+    # a finding with a hedged interpretation: the finding is stated, the interpretation is uncertain
+    (
+        "Left basilar opacity may reflect atelectasis, though pneumonia cannot be excluded.",
+        {"LO": P, "AT": U, "PN": U},
+    ),
+    ("Bibasilar opacities, likely atelectasis, less likely pneumonia.", {"LO": P, "AT": U, "PN": U}),
+    ("Findings concerning for multifocal pneumonia.", {"PN": U}),
+    ("New right upper lobe consolidation concerning for pneumonia.", {"CO": P, "PN": U}),
+    ("Patchy opacity in the lingula suspicious for pneumonia.", {"LO": P, "PN": U}),
+    ("Opacity in the right lower lobe could represent aspiration or pneumonia.", {"LO": P, "PN": U}),
+    ("Right basilar opacity, which may be atelectasis.", {"LO": P, "AT": U}),
+    ("Streaky left basilar opacity, most likely atelectasis.", {"LO": P, "AT": U}),
+    ("Left lower lobe opacity is most consistent with atelectasis.", {"LO": P, "AT": U}),
+    ("Retrocardiac opacity, atelectasis or consolidation.", {"LO": P, "AT": U, "CO": U}),
+    (
+        "Patchy bibasilar opacities, which may represent atelectasis or early infection.",
+        {"LO": P, "AT": U, "PN": U},
+    ),
+    (
+        "Persistent opacity at the left base, likely atelectasis, although infection is not excluded.",
+        {"LO": P, "AT": U, "PN": U},
+    ),
+    (
+        "Right upper lobe opacity is concerning for pneumonia in the appropriate clinical setting.",
+        {"LO": P, "PN": U},
+    ),
+    ("Perihilar haziness may reflect mild edema.", {"LO": P, "ED": U}),
+    ("Diffuse interstitial opacities compatible with edema.", {"LO": P, "ED": U}),
+    ("Findings suggestive of mild interstitial edema.", {"ED": U}),
+    ("Lucency at the left apex could represent a small pneumothorax.", {"PX": U}),
+    ("Differential includes atelectasis and pneumonia.", {"AT": U, "PN": U}),
+    ("Pneumonia is considered less likely.", {"PN": U}),
+    ("Mild atelectasis in the left lower lobe is likely.", {"AT": U}),
+    # "rather than" negates the rejected alternative; "favored over" keeps both open (CheXpert: "rather
+    # than" is a negation cue, a preference is an uncertainty)
+    ("Right middle lobe opacity likely represents atelectasis rather than pneumonia.", {"AT": U, "PN": N}),
+    ("Atelectasis is favored over pneumonia.", {"AT": U, "PN": U}),
+    ("Atelectasis versus scarring.", {"AT": U, "LO": U}),  # scarring is a Lung Opacity phrase
+    ("Possible trace right effusion versus pleural thickening.", {"PE": U, "PO": U}),
+    (
+        "Blunting of the right costophrenic angle may reflect pleural thickening or small effusion.",
+        {"PE": U, "PO": U},
+    ),
+    # a benign explanation makes the finding itself uncertain
+    ("Cardiomegaly is likely exaggerated by AP technique.", {"CM": U}),
+    ("Hazy opacity at the right base may relate to overlying soft tissue.", {"LO": U}),
+    ("Nodular opacity in the left lower lobe, possibly a nipple shadow.", {"LL": U}),
+    ("Apparent widening of the mediastinum is likely due to patient rotation.", {"EC": U}),
+    # congestion suggests edema; an explicitly negated edema does not cancel it (aggregate: uncertain)
+    ("Mild pulmonary vascular congestion without frank edema.", {"ED": U}),
+    ("No frank pulmonary edema, though there is mild vascular congestion.", {"ED": U}),
+    ("Improved pulmonary vascular congestion.", {"ED": U}),
+    ("Findings consistent with congestive heart failure.", {"ED": U, "CM": U}),
+    ("Hilar congestion.", {"ED": U}),
+    ("Mild vascular engorgement without overt edema.", {"ED": U}),
+    # "X is/are likely ..." hedges X only where the clause ends; before a noun the hedge is about the noun
+    (
+        "Opacities at the lung bases are likely atelectasis, but aspiration or pneumonia cannot be excluded.",
+        {"LO": P, "AT": U, "PN": U},
+    ),
+    ("Opacity is likely due to atelectasis.", {"LO": P, "AT": U}),
+    ("Pneumonia is possible given the clinical history.", {"PN": U}),
+    ("Small pleural effusions are probably present.", {"PE": U}),
+    # "unlikely" is kept uncertain, like "less likely" (CheXpert lists both as uncertainty, not negation)
+    ("Effusion is unlikely.", {"PE": U}),
+    (
+        "No pneumothorax is seen on this supine view, although a small anterior pneumothorax would be "
+        "difficult to exclude.",
+        {"PX": U},
+    ),
+    (
+        "Left retrocardiac opacity likely reflects atelectasis, though superimposed infection cannot be excluded.",
+        {"LO": P, "AT": U, "PN": U},
+    ),
+    (
+        "Increased opacification of the left lung base may be due to atelectasis, effusion, or consolidation.",
+        {"LO": P, "AT": U, "PE": U, "CO": U},
+    ),
+    ("No new focal consolidation is seen.", {"CO": U}),  # CheXpert: "no new" is uncertainty
+]
+
+NEGATED_REPORTS = [
+    ("Lungs are clear without focal consolidation to suggest pneumonia.", {"CO": N, "PN": N, "NF": P}),
+    ("No focal consolidation concerning for pneumonia.", {"CO": N, "PN": N}),
+    ("Resolution of previously seen right pleural effusion.", {"PE": N}),
+    ("Interval resolution of the previously described left lower lobe consolidation.", {"CO": N}),
+    ("There is no longer evidence of pneumothorax.", {"PX": N}),
+    ("The previously seen left apical pneumothorax has resolved.", {"PX": N}),
+    ("Without evidence of pneumothorax or large effusion.", {"PX": N, "PE": N}),
+    ("No definite consolidation.", {"CO": N}),
+    ("No radiographic evidence of pneumonia.", {"PN": N}),
+    ("No displaced rib fracture.", {"FX": N}),
+    ("No acute displaced rib fractures are identified.", {"FX": N}),
+    ("Negative for acute pulmonary edema.", {"ED": N}),
+    ("No evidence of pulmonary vascular congestion.", {"ED": N}),
+    ("Pulmonary vascular congestion has resolved.", {"ED": N}),
+    ("Pulmonary edema has resolved.", {"ED": N}),
+    ("No overt pulmonary edema.", {"ED": N}),
+    ("No CHF.", {"ED": N, "CM": B}),
+    ("The lungs are clear of consolidation or effusion.", {"CO": N, "PE": N}),
+    ("No focal airspace consolidation, effusion, or pneumothorax.", {"CO": N, "PE": N, "PX": N}),
+    ("No pleural effusion, pneumothorax or pulmonary edema is seen.", {"PE": N, "PX": N, "ED": N}),
+    ("There is no pulmonary edema, focal consolidation, or pneumothorax.", {"ED": N, "CO": N, "PX": N}),
+    ("Lungs are clear bilaterally without consolidation, effusion or edema.", {"CO": N, "PE": N, "ED": N}),
+    ("No suspicious pulmonary nodules.", {"LL": N}),
+    ("Normal cardiomediastinal silhouette.", {"EC": N}),
+    ("The cardiomediastinal silhouette is within normal limits.", {"EC": N}),
+    ("Mediastinal and hilar contours are normal.", {"EC": N}),
+    ("Cardiac silhouette size is normal.", {"CM": N}),
+    ("The heart is normal in size.", {"CM": N}),
+    ("The heart size appears normal.", {"CM": N}),
+    ("Pneumonia is not suspected.", {"PN": N}),
+    ("No convincing signs of pneumonia.", {"PN": N}),
+    ("No findings to suggest pneumonia.", {"PN": N}),
+    ("No opacity concerning for pneumonia.", {"LO": N, "PN": N}),
+    ("No pneumothorax or displaced fracture.", {"PX": N, "FX": N}),
+    ("No large pneumothorax.", {"PX": N}),
+    ("The lungs are clear, and there is no pleural effusion or pneumothorax.", {"PE": N, "PX": N, "NF": P}),
+    # CheXpert treats removal as a negation of the device
+    ("Interval removal of the endotracheal tube.", {"SD": N}),
+    ("Nasogastric tube has been removed.", {"SD": N}),
+    ("The endotracheal tube has been withdrawn.", {"SD": N}),
+    ("The right chest tube has been removed. No pneumothorax.", {"SD": N, "PX": N}),
+    ("No residual pneumothorax after chest tube removal.", {"PX": N, "SD": N}),
+    ("No evidence of pneumothorax status post right chest tube removal.", {"PX": N, "SD": N}),
+    (
+        "Heart size is normal. Mediastinal contours are unremarkable. Lungs are clear. "
+        "No pleural effusion or pneumothorax. No acute osseous abnormality.",
+        {"CM": N, "EC": N, "PE": N, "PX": N, "NF": P},
+    ),
+]
+
+AFFIRMED_REPORTS = [
+    ("Unchanged moderate cardiomegaly.", {"CM": P}),  # "unchanged" hedges only heart-size wording
+    ("Moderate cardiomegaly, stable.", {"CM": P}),
+    ("Stable enlarged heart.", {"CM": P}),
+    ("Cardiac silhouette is mildly enlarged, unchanged.", {"CM": P}),
+    ("The cardiac silhouette remains enlarged.", {"CM": P}),
+    ("Mild enlargement of the cardiac silhouette is unchanged.", {"CM": P}),
+    ("Severe cardiomegaly is again noted.", {"CM": P}),
+    ("Stable appearance of the cardiomediastinal silhouette.", {"EC": U}),  # stable contour wording hedges
+    ("Cardiomediastinal silhouette is stable.", {"EC": U}),
+    ("The heart size is stable.", {"CM": U}),
+    ("Persistent small bilateral pleural effusions.", {"PE": P}),
+    ("Large left pleural effusion, unchanged.", {"PE": P}),
+    ("Decreased but persistent left pleural effusion.", {"PE": P}),
+    ("Small left pleural effusion has decreased in size.", {"PE": P}),
+    ("Left pleural effusion is not significantly changed.", {"PE": P}),
+    ("No significant change in small bilateral pleural effusions.", {"PE": P}),
+    ("No right pleural effusion. Left effusion is small.", {"PE": P}),
+    ("Moderate to severe pulmonary edema has improved.", {"ED": P}),  # improved is still present
+    ("Mild pulmonary edema, slightly improved from prior.", {"ED": P}),
+    ("Slightly improved but persistent right lower lobe consolidation.", {"CO": P}),
+    ("Without interval change in left lower lobe consolidation.", {"CO": P}),
+    ("Interval development of a moderate right pleural effusion.", {"PE": P}),
+    ("Tiny left apical pneumothorax is unchanged.", {"PX": P}),
+    ("Small left apical pneumothorax is slightly smaller.", {"PX": P}),
+    ("Interval placement of a left chest tube with decrease in left pneumothorax.", {"SD": P, "PX": P}),
+    ("Moderate right pneumothorax with leftward mediastinal shift.", {"PX": P, "EC": B}),
+    ("No evidence of acute fracture; old healed left rib fractures.", {"FX": P}),  # old fractures count
+    ("Old right rib fractures are again noted.", {"FX": P}),
+    ("Healed right clavicle fracture.", {"FX": P}),
+    ("Redemonstrated right upper lobe mass.", {"LL": P}),
+    ("A 1 cm nodule in the right upper lobe is new and could represent malignancy.", {"LL": P}),
+    ("Left lower lobe collapse.", {"AT": P}),
+    ("Subsegmental atelectasis at the left base, no focal consolidation.", {"AT": P, "CO": N}),
+    ("Mild bibasilar atelectasis without focal consolidation.", {"AT": P, "CO": N}),
+    ("No effusion, but there is mild bibasilar atelectasis.", {"PE": N, "AT": P}),
+    ("Right basilar atelectasis is seen, and there is no pneumothorax.", {"AT": P, "PX": N}),
+    ("Normal heart size with mild pulmonary edema.", {"CM": N, "ED": P}),
+    (
+        "Mild cardiomegaly with pulmonary vascular congestion and small bilateral effusions.",
+        {"CM": P, "ED": U, "PE": P},
+    ),
+    ("Cardiomegaly and pulmonary edema, consistent with CHF.", {"CM": P, "ED": P}),
+    ("Biapical pleural thickening.", {"PO": P}),
+    ("Fracture of the right clavicle, possibly acute.", {"FX": P}),  # the acuity is hedged, not the fracture
+    ("Right lower lobe pneumonia, not significantly changed.", {"PN": P}),
+    ("Heart size is mildly enlarged but unchanged.", {"CM": P}),
+    ("There is mild bibasilar atelectasis, but no focal consolidation.", {"AT": P, "CO": N}),
+    (
+        "Bilateral pleural effusions, right greater than left, with associated compressive atelectasis.",
+        {"PE": P, "AT": P},
+    ),
+    ("No evidence of pneumonia or pulmonary edema. Mild cardiomegaly.", {"PN": N, "ED": N, "CM": P}),
+    ("Status post CABG with intact sternal wires.", {"SD": P}),
+    # devices: placement, position and repositioning are all present devices
+    ("Right IJ catheter tip in the cavoatrial junction. No pneumothorax.", {"SD": P, "PX": N, "NF": P}),
+    ("Tip of the right IJ line projects over the SVC.", {"SD": P}),
+    ("Enteric tube courses below the diaphragm.", {"SD": P}),
+    ("Median sternotomy wires are intact.", {"SD": P}),
+    ("Left-sided pacemaker with leads in the right atrium and right ventricle.", {"SD": P}),
+    ("Interval placement of a right IJ central venous catheter.", {"SD": P}),
+    ("Endotracheal tube has been withdrawn and now terminates 4 cm above the carina.", {"SD": P}),
+    ("The endotracheal tube was withdrawn by 2 cm.", {"SD": P}),
+    ("Unchanged position of the endotracheal tube.", {"SD": P}),
+    ("Interval removal of the right PICC line; left chest tube remains in place.", {"SD": P}),
+    ("Chest tube in place with no residual pneumothorax.", {"SD": P, "PX": N}),
+    (
+        "1. Moderate right pleural effusion with adjacent atelectasis, cannot exclude superimposed pneumonia. "
+        "2. Mild pulmonary vascular congestion. 3. Right PICC terminates in the low SVC.",
+        {"PE": P, "AT": P, "PN": U, "ED": U, "SD": P},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    HEDGED_REPORTS + NEGATED_REPORTS + AFFIRMED_REPORTS,
+    ids=lambda v: v[:60] if isinstance(v, str) else None,
+)
+def test_real_report_polarity_and_hedging(labeler, text, expected):
+    """Hedged, negated and affirmed MIMIC-style statements get the radiologist's class per observation."""
+    codes = labeler.label_one(text)
+    got = {short: int(codes[OBSERVATIONS.index(_SHORT[short])]) for short in expected}
+    assert got == expected, labeler.explain(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "no_finding"),
+    [
+        ("No acute cardiopulmonary process.", P),
+        ("No significant change.", P),  # nothing is asserted; CheXbert's derived No Finding is 1 here
+        ("The lungs are well expanded and clear.", P),
+        ("Low lung volumes with bronchovascular crowding.", B),  # no finding, but nothing normal is said
+        ("Hyperinflated lungs consistent with emphysema.", B),  # an outside abnormality blocks No Finding
+        ("Lungs are hyperinflated but clear.", B),
+        ("Elevated left hemidiaphragm. No acute process.", B),
+    ],
+)
+def test_statements_without_findings_leave_all_findings_blank(labeler, text, no_finding):
+    """Normal or non-finding statements give 13 blank findings; No Finding follows its own rule."""
+    codes = labeler.label_one(text)
+    assert codes[:NO_FINDING].tolist() == [B] * NO_FINDING, labeler.explain(text)
+    assert int(codes[NO_FINDING]) == no_finding
