@@ -830,7 +830,8 @@ CLAUSE_BREAKS: tuple[str, ...] = (
 NEGATION_BREAKS: tuple[str, ...] = (
     "with",
     "status post",
-    "post",
+    # "post CABG" starts a new context; "post-obstructive pneumonia" is one noun phrase
+    r"re:post\b(?![\s-]?(?:obstructive|inflammatory|infectious|radiation|traumatic|atelectatic))",
     "after",
     "following",
     "given",

@@ -417,6 +417,9 @@ HEDGED_REPORTS = [
     # an adjective of doubt hedges its own noun phrase, not what comes "with" it
     ("Probable small bilateral pleural effusions with adjacent atelectasis.", {"PE": U, "AT": P}),
     ("Possible left lower lobe pneumonia with small effusion.", {"PN": U, "PE": P}),
+    ("Right upper lobe mass with possible post-obstructive pneumonia.", {"LL": P, "PN": U}),
+    ("Findings may represent pulmonary edema versus atypical infection.", {"ED": U, "PN": U}),
+    ("Likely small bilateral effusions.", {"PE": U}),
     # negation-like uncertainty
     ("Cannot rule out early pneumonia.", {"PN": U}),
     ("Can't exclude a small pneumothorax.", {"PX": U}),
