@@ -387,7 +387,8 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(grad_norm), lr
+        self.last_grad_norm = float(grad_norm)
+        return self.last_grad_norm, lr
 
     # ------------------------------------------------------------------------------------------ loop
 

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from data.prompts import PromptConfig
 from model.loading import load_model_and_processor
 from model.processor import load_processor
 from model.tiny import build_tiny_model
+
+# The test models are tiny: one thread avoids oversubscribing the 2 cores CI has (4-5x faster here).
+torch.set_num_threads(1)
 
 # Report-like sentences for the tokenizer (the real build uses the synthetic world's reports).
 REPORT_SENTENCES = (
