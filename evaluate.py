@@ -87,7 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     run_group = parser.add_argument_group("run")
     run_group.add_argument("--curves", action="store_true", help="with --run: draw training curves")
-    # The generation mode adds its own options here (checkpoint, split, adapter, decoding).
+    run_group.add_argument(
+        "--split", default="test", help="split of the run's annotation file to generate on"
+    )
+    run_group.add_argument(
+        "--checkpoint", type=int, metavar="STEP", help="a checkpoint's adapter (default: final)"
+    )
+    run_group.add_argument("--no-adapter", action="store_true", help="evaluate the base model (no adapter)")
+    run_group.add_argument("--gen-batch-size", type=int, default=8, help="prompts per generate call")
+    run_group.add_argument("--max-new-tokens", type=int, help="default: the run's sampling.max_new_tokens")
+    run_group.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    run_group.add_argument("--temperature", type=float, default=1.0, help="with --sample")
+    run_group.add_argument("--top-p", type=float, default=1.0, help="with --sample")
+    run_group.add_argument("--gen-device", default="auto", help="auto | cpu | cuda (the model's device)")
     return parser
 
 
@@ -185,16 +197,38 @@ def run_curves_mode(args: argparse.Namespace) -> int:
 
 
 def run_generation_mode(args: argparse.Namespace) -> int:
-    """Generate a report per sample of a split with the run's model, then call evaluation.score_reports.
+    """Generate a report per sample of a split with the run's model (greedy by default), extract the
+    <report> text, and score it like --predictions. Resumable; under torchrun, ranks share the split."""
+    from evaluation.generate import Decoding, generate_split
+    from evaluation.outputs import headline_markdown
+    from evaluation.score import score_reports
+    from rewards.format import extract_report
 
-    To be filled by the generation work (issue 6, second way in): load the run's model and adapter,
-    generate (batched, resumable, shardable under torchrun), extract the <report> text with
-    rewards.format.extract_report, and pass ids, references, extracted reports and full texts to
-    score_reports(..., generated_texts=full_texts, settings={checkpoint, split, decoding...}).
-    """
-    raise SystemExit(
-        "error: report generation (--run RUNDIR without --curves) is not available yet; use --curves"
+    if args.run is None:
+        raise SystemExit("error: choose a mode: --predictions, --compare or --run")
+    which = (
+        "base" if args.no_adapter else f"step-{args.checkpoint}" if args.checkpoint is not None else "final"
     )
+    out = args.out or args.run / f"eval-{args.split}-{which}"
+    decoding = Decoding(args.max_new_tokens, args.sample, args.temperature, args.top_p, args.gen_batch_size)
+    rows = generate_split(
+        args.run, args.split, out, args.checkpoint, args.no_adapter, decoding, args.gen_device
+    )
+    if not rows:  # a non-zero rank under torchrun: rank 0 scores
+        return 0
+    generated = [row["generated"] for row in rows]
+    metrics = score_reports(
+        [row["id"] for row in rows], [row["reference"] for row in rows], [extract_report(t) for t in generated],
+        generated, labeler=build_labeler(args), out_dir=out, uncertain_as=args.uncertain_as,
+        nlg=not args.no_nlg, meteor=False if args.no_meteor else "auto", plots=not args.no_plots,
+        labeler_name=args.labeler, method=args.method or ("Base" if args.no_adapter else f"GRPO ({which})"),
+        dataset=args.dataset, table_average=args.table_average,
+        settings={"mode": "generation", "run": str(args.run), "split": args.split, "adapter": which,
+                  "decoding": vars(decoding)},
+    )  # fmt: skip
+    print(headline_markdown(metrics, args.table_average))
+    print(f"\nwrote {out}/: generations.jsonl metrics.json labels.csv reports.csv summary.md")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -93,7 +93,7 @@ class Trainer:
         self.samples = self._load_samples()
         self.model, self.processor = self._load_policy(policy)
         self.tokenizer = self.processor.tokenizer
-        self.stop_ids = _stop_token_ids(self.model, self.tokenizer)
+        self.stop_ids = stop_token_ids(self.model, self.tokenizer)
         self.suppress_ids = vision_token_ids(self.processor)
         self.ddp = (
             DistributedDataParallel(
@@ -521,7 +521,7 @@ def split_completions(
     return tokens.masked_fill(~mask, pad_id), mask, ~has_stop
 
 
-def _stop_token_ids(model, tokenizer) -> list[int]:
+def stop_token_ids(model, tokenizer) -> list[int]:
     """End-of-turn ids: the tokenizer's eos first (what SFT targets end with), then generation_config's."""
     ids = [tokenizer.convert_tokens_to_ids("<|im_end|>")] if "<|im_end|>" in tokenizer.get_vocab() else []
     if tokenizer.eos_token_id is not None:
