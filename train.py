@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # SFT warm start (the demo): train an adapter first, then GRPO starts from it (and keeps it as reference).
     if cfg.mode == "grpo" and cfg.sft.steps > 0 and cfg.model.init_adapter is None:
-        sft_cfg = dataclasses.replace(cfg, mode="sft", max_steps=cfg.sft.steps,
+        sft_optim = dataclasses.replace(cfg.optim, lr=cfg.sft.lr or cfg.optim.lr)
+        sft_cfg = dataclasses.replace(cfg, mode="sft", max_steps=cfg.sft.steps, optim=sft_optim,
                                       output_dir=str(Path(cfg.output_dir) / "sft"))  # fmt: skip
         sft_adapter = Path(sft_cfg.output_dir) / "final_adapter"
         if not sft_adapter.exists():

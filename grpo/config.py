@@ -117,6 +117,7 @@ class BatchConfig:
 class SFTConfig:
     target_template: str = "{report}"  # what the model learns to write; {report} is the reference text
     steps: int = 0  # warm-up SFT steps before GRPO (demo); 0: none
+    lr: float | None = None  # learning rate of that warm-up; None: optim.lr
 
 
 @dataclass
@@ -127,6 +128,7 @@ class TrainConfig:
     max_steps: int | None = None  # optimizer steps; None: `epochs` over the data
     epochs: float = 1.0  # paper: 1 epoch
     device: str = "auto"  # auto | cpu | cuda
+    cpu_threads: int | None = None  # torch intra-op threads on CPU; None: torch's default (one per core)
     log_every: int = 1
     sample_every: int = 10  # write a few sample completions every N steps
     save_every: int = 50
@@ -301,6 +303,7 @@ def validate(cfg: TrainConfig) -> None:
     _require(cfg.data.annotation is not None, "data.annotation is required: an R2Gen-format annotation.json")
     _require(cfg.max_steps is None or cfg.max_steps >= 1, f"max_steps: must be >= 1, got {cfg.max_steps}")
     _require(cfg.epochs > 0, f"epochs: must be > 0, got {cfg.epochs}")
+    _require(cfg.cpu_threads is None or cfg.cpu_threads >= 1, f"cpu_threads: must be >= 1, got {cfg.cpu_threads}")
     for key in ("log_every", "sample_every", "save_every", "keep_last"):
         _require(getattr(cfg, key) >= 1, f"{key}: must be >= 1, got {getattr(cfg, key)}")
     s, g, o, b = cfg.sampling, cfg.grpo, cfg.optim, cfg.batch

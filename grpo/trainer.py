@@ -86,6 +86,8 @@ class Trainer:
         replaces loading ``model.path``; the LoRA adapter is added as configured."""
         self.cfg = cfg
         self.dist = distributed.setup(cfg.device)
+        if cfg.cpu_threads is not None and self.dist.device.type == "cpu":
+            torch.set_num_threads(cfg.cpu_threads)
         self.run_dir = Path(cfg.output_dir)
         torch.manual_seed(cfg.seed + self.dist.rank)
         np.random.seed(cfg.seed + self.dist.rank)
