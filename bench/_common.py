@@ -12,6 +12,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -104,17 +105,65 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
-def run_worker(script: Path, args: list[str], timeout: float = 600.0) -> dict:
-    """Run ``script --worker ...`` in a fresh Python process; its last stdout line is a JSON object."""
+def cpu_busy_seconds() -> float:
+    """Core-seconds the whole machine has spent busy since boot (/proc/stat; 0 where it does not exist)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return 0.0
+    ticks = [int(x) for x in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for_quiet(max_wait_s: float, busy_cores: float = 0.5) -> float:
+    """Wait (at most ``max_wait_s``) until other processes use less than ``busy_cores`` cores over one second.
+    On a shared 2-core machine a competing process makes torch's spinning threads lose whole time slices, and a
+    step can take 10-100x longer. Returns the seconds waited."""
+    t0 = time.perf_counter()
+    while True:
+        before, start = cpu_busy_seconds(), time.perf_counter()
+        time.sleep(1.0)
+        if (cpu_busy_seconds() - before) / (time.perf_counter() - start) < busy_cores:
+            return time.perf_counter() - t0
+        if time.perf_counter() - t0 > max_wait_s:
+            return time.perf_counter() - t0
+
+
+def run_worker(script: Path, args: list[str], timeout: float = 600.0, quiet_wait_s: float = 20.0) -> dict:
+    """Run ``script --worker ...`` in a fresh Python process; its last stdout line is a JSON object. Adds
+    ``foreign_cpu_frac``: the share of the machine's CPU time other processes used meanwhile (contention)."""
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error")
+    waited = wait_for_quiet(quiet_wait_s)
+    busy0, own0, t0 = cpu_busy_seconds(), _children_cpu_seconds(), time.perf_counter()
     done = subprocess.run(
         [sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout, env=env
     )
+    wall = time.perf_counter() - t0
+    foreign = (cpu_busy_seconds() - busy0) - (_children_cpu_seconds() - own0)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         tail = "\n".join(done.stderr.splitlines()[-25:])
         raise RuntimeError(f"worker {' '.join(args)} failed (exit {done.returncode}):\n{tail}")
-    return json.loads(lines[-1])
+    out = json.loads(lines[-1])
+    out["foreign_cpu_frac"] = max(foreign, 0.0) / (wall * (os.cpu_count() or 1))
+    out["waited_s"] = waited
+    out["wall_s"] = wall
+    return out
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+CONTENDED = 0.15  # a run during which other processes used more than this share of the CPU
+
+
+def uncontended(runs: list[dict]) -> tuple[list[dict], bool]:
+    """The runs without contention when there are any, else all of them (and False)."""
+    clean = [run for run in runs if run.get("foreign_cpu_frac", 0.0) <= CONTENDED]
+    return (clean, True) if clean else (runs, False)
 
 
 def median(values) -> float:

@@ -44,6 +44,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
+    CONTENDED,
     build_policy,
     current_rss_gb,
     make_reward,
@@ -52,6 +53,7 @@ from _common import (  # noqa: E402
     peak_rss_gb,
     prepare_workdir,
     run_worker,
+    uncontended,
 )
 
 SETTINGS = {
@@ -76,7 +78,7 @@ SETTINGS = {
     "dtype": "float32 (bf16 off)",
     "seed": 0,
 }
-STEPS = {"tiny": 8, "small": 3}  # timed steps per process
+STEPS = {"tiny": 8, "small": 2}  # timed steps per process
 SIZE_NOTES = {
     "tiny": "tiny test model (2,048-token vocabulary): per-token Python overhead dominates",
     "small": "small model (~40 M parameters, vocabulary 151,936): compute and memory dominate",
@@ -274,11 +276,20 @@ def measure_size(size: str, reps: int, warmup: int, workdir: Path) -> dict:
             ])  # fmt: skip
             results[side].append(out)
             print(f"  {size} rep {rep + 1}/{reps} {side:<4}: median step {median(out['step_s']):.3f} s, "
-                  f"peak RSS {out['peak_rss_gb']:.2f} GB  ({time.perf_counter() - t:.0f} s wall)", flush=True)  # fmt: skip
+                  f"peak RSS {out['peak_rss_gb']:.2f} GB  ({time.perf_counter() - t:.0f} s wall, "
+                  f"other processes used {out['foreign_cpu_frac']:.0%} of the CPU)", flush=True)  # fmt: skip
     return results
 
 
 def summarize(size: str, results: dict) -> tuple[float, float]:
+    kept = {side: uncontended(runs) for side, runs in results.items()}
+    notes = [f"{side}: {len(runs) - len(kept[side][0])} of {len(runs)} runs left out (contended)"
+             for side, runs in results.items() if kept[side][1] and len(kept[side][0]) < len(runs)]  # fmt: skip
+    notes += [
+        f"{side}: every run was contended, figures are unreliable" for side in results if not kept[side][1]
+    ]
+    results = {side: kept[side][0] for side in results}
+
     def pooled(side, key):
         return [v for run in results[side] for v in run[key]]
 
@@ -303,6 +314,8 @@ def summarize(size: str, results: dict) -> tuple[float, float]:
     grow = {side: peak[side] - base[side] for side in results}
     print(f"{'train + (peak-before)':<22}{grow['ours']:>10.3f}{grow['trl']:>10.3f}"
           f"{grow['trl'] / grow['ours'] if grow['ours'] > 0 else float('nan'):>10.2f}")  # fmt: skip
+    for note in notes:
+        print(f"note: {note} (other processes used > {CONTENDED:.0%} of the CPU)")
     print(f"per-repetition medians (s): ours {[round(median(r['step_s']), 3) for r in results['ours']]}, "
           f"TRL {[round(median(r['step_s']), 3) for r in results['trl']]}")  # fmt: skip
     return step["trl"] / step["ours"], peak["trl"] / peak["ours"]
