@@ -405,13 +405,15 @@ class Trainer:
         while self.step < self.total_steps and (stop_after is None or self.step < stop_after):
             t0 = time.perf_counter()
             if cfg.mode == "grpo":
-                if self.step % mu == 0:
+                fresh = self.step % mu == 0  # with mu > 1, each batch of rollouts serves mu optimizer steps
+                if fresh:
                     rollouts = [self.rollout(self._next_samples()) for _ in range(cfg.batch.grad_accum)]
                 t = time.perf_counter()
                 sums = self.grpo_update(rollouts)
                 for ro in rollouts:
                     for key, value in ro.stats.items():
-                        sums[key] = sums.get(key, 0.0) + (value if self.step % mu == 0 else 0.0)
+                        if fresh or not key.startswith("time/"):
+                            sums[key] = sums.get(key, 0.0) + value
             else:
                 t = time.perf_counter()
                 sums = self.sft_update([self._next_samples() for _ in range(cfg.batch.grad_accum)])

@@ -116,3 +116,16 @@ def test_sft_lowers_the_cross_entropy_of_the_reference_reports(tiny_model_dir, w
     trainer.close()
     losses = [row["loss"] for row in read_metrics(tmp_path)]
     assert losses[-1] < losses[0] - 0.3, losses
+
+
+def test_num_iterations_reuses_rollouts_and_moves_the_ratio_off_one(tiny_model_dir, world, tmp_path):
+    """With mu = 2 the second optimizer step reuses the first step's completions (same rewards logged) under
+    the updated policy, so the importance ratio of eq. (1) is no longer exactly 1."""
+    cfg = make_cfg(tiny_model_dir, world, tmp_path, "max_steps=2", "save_every=2", "grpo.num_iterations=2")
+    trainer = Trainer(cfg, reward_fn=letter_e_reward)
+    trainer.train()
+    trainer.close()
+    first, second = read_metrics(tmp_path)
+    assert first["reward"] == second["reward"] and "time/generate" not in second
+    assert first["ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+    assert second["ratio_mean"] != pytest.approx(1.0, abs=1e-6)
