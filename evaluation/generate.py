@@ -84,7 +84,8 @@ def generate_split(
 
     d = cfg.data
     samples = load_annotation(d.annotation, split, images_dir=d.images_dir, multi_view=d.multi_view,
-                              clean_reports=d.clean_reports, skip_bad=d.skip_bad)  # fmt: skip
+                              clean_reports=d.clean_reports, skip_bad=d.skip_bad,
+                              check_images=d.check_images)  # fmt: skip
     mine = samples[info.rank :: info.world_size]
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = f".rank{info.rank}" if info.enabled else ""

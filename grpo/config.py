@@ -59,6 +59,7 @@ class DataConfig:
     multi_view: bool = False  # False: each image is a sample (paper); True: all views in one prompt
     clean_reports: bool = False
     skip_bad: bool = False
+    check_images: bool = True  # open every image header at start (slow for MIMIC-CXR's ~270k images)
     synthetic_n: int = 0  # > 0: generate the synthetic world at `annotation`'s folder when absent (demo)
     synthetic_seed: int = 0
     prompt: PromptConfig = field(default_factory=PromptConfig)
@@ -303,7 +304,9 @@ def validate(cfg: TrainConfig) -> None:
     _require(cfg.data.annotation is not None, "data.annotation is required: an R2Gen-format annotation.json")
     _require(cfg.max_steps is None or cfg.max_steps >= 1, f"max_steps: must be >= 1, got {cfg.max_steps}")
     _require(cfg.epochs > 0, f"epochs: must be > 0, got {cfg.epochs}")
-    _require(cfg.cpu_threads is None or cfg.cpu_threads >= 1, f"cpu_threads: must be >= 1, got {cfg.cpu_threads}")
+    _require(
+        cfg.cpu_threads is None or cfg.cpu_threads >= 1, f"cpu_threads: must be >= 1, got {cfg.cpu_threads}"
+    )
     for key in ("log_every", "sample_every", "save_every", "keep_last"):
         _require(getattr(cfg, key) >= 1, f"{key}: must be >= 1, got {getattr(cfg, key)}")
     s, g, o, b = cfg.sampling, cfg.grpo, cfg.optim, cfg.batch

@@ -127,7 +127,7 @@ class Trainer:
         d = self.cfg.data
         samples = load_annotation(
             d.annotation, d.split, images_dir=d.images_dir, multi_view=d.multi_view,
-            clean_reports=d.clean_reports, skip_bad=d.skip_bad,
+            clean_reports=d.clean_reports, skip_bad=d.skip_bad, check_images=d.check_images,
         )  # fmt: skip
         log.info("data: %d %s samples from %s", len(samples), d.split, d.annotation)
         return samples
