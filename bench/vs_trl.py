@@ -4,6 +4,7 @@ peak resident memory, on CPU in fp32.
     pip install trl==1.16.0 psutil matplotlib       # the `bench` extra
     python bench/vs_trl.py                          # tiny and small models, 3 repetitions, ~5 min on 2 cores
     python bench/vs_trl.py --sizes small --reps 5   # more repetitions of the small model only
+    python bench/vs_trl.py --profile small          # cProfile of our trainer's steps (where the time goes)
 
 Both sides get the same Qwen2.5-VL (same weights, tokenizer, processor without the video part), the same
 synthetic chest X-ray images and prompts, the same reward function (0.75 MCCS + 0.25 format, rule labeler),
@@ -260,6 +261,30 @@ def run_trl(workdir: Path, size: str, warmup: int, steps: int) -> dict:
     }
 
 
+def profile_ours(workdir: Path, size: str, steps: int, top: int = 30) -> None:
+    """cProfile of our trainer's steps (after one warm-up step): the top functions by own time and by
+    cumulative time, to see which phase and which call the time goes to."""
+    import cProfile
+    import pstats
+
+    from grpo.trainer import Trainer
+
+    annotation, tiny = prepare_workdir(workdir)
+    policy = build_policy(tiny, size)
+    with tempfile.TemporaryDirectory(dir=workdir) as out:
+        trainer = Trainer(our_config(annotation, tiny, Path(out), settings(), 1 + steps), reward_fn=make_reward(),
+                          policy=policy)  # fmt: skip
+        trainer.train(stop_after=1)
+        profiler = cProfile.Profile()
+        t = time.perf_counter()
+        profiler.runcall(trainer.train)
+        print(f"\n{size}: {(time.perf_counter() - t) / steps:.3f} s per step under cProfile ({steps} steps)")
+        trainer.close()
+    stats = pstats.Stats(profiler)
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+
+
 # ---------------------------------------------------------------------------------------- orchestration
 
 
@@ -329,6 +354,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="fresh processes per side and size (A B A B ...)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps at the start of each process")
     parser.add_argument("--workdir", default="/tmp/mrg-grpo-vs-trl")
+    parser.add_argument(
+        "--profile", choices=("tiny", "small"), help="cProfile our trainer's steps at this size"
+    )
     parser.add_argument("--worker", choices=("ours", "trl"), help=argparse.SUPPRESS)
     parser.add_argument("--size", choices=("tiny", "small"), help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
@@ -336,6 +364,11 @@ def main() -> None:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
 
+    if args.profile:
+        logging.basicConfig(level=logging.ERROR)
+        warnings.filterwarnings("ignore")
+        profile_ours(workdir, args.profile, args.steps or STEPS[args.profile])
+        return
     if args.worker:
         logging.basicConfig(level=logging.ERROR)
         warnings.filterwarnings("ignore")
