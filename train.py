@@ -19,6 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from data.r2gen import AnnotationError
 from grpo import distributed
 from grpo.config import ConfigError, TrainConfig, load_config
 
@@ -79,6 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    try:
+        return train(cfg, args.resume)
+    except (FileNotFoundError, AnnotationError) as err:  # a path or a data entry the user gave: no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def train(cfg: TrainConfig, resume: bool) -> int:
     info = distributed.setup(cfg.device)
     if not info.is_main:
         logging.getLogger().setLevel(logging.WARNING)
@@ -91,11 +100,11 @@ def main(argv: list[str] | None = None) -> int:
                                       output_dir=str(Path(cfg.output_dir) / "sft"))  # fmt: skip
         sft_adapter = Path(sft_cfg.output_dir) / "final_adapter"
         if not sft_adapter.exists():
-            sft_resume = args.resume and (Path(sft_cfg.output_dir) / "checkpoints").exists()
+            sft_resume = resume and (Path(sft_cfg.output_dir) / "checkpoints").exists()
             run(sft_cfg, resume=sft_resume)
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_adapter=str(sft_adapter)))
 
-    final = run(cfg, resume=args.resume)
+    final = run(cfg, resume=resume)
     if info.is_main:
         print(f"\nrun folder: {Path(cfg.output_dir).resolve()}")
         print(f"  metrics:  {Path(cfg.output_dir) / 'metrics.jsonl'}")
