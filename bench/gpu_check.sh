@@ -12,8 +12,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
 echo "== 7B-sized GRPO step"
 timeout 240 python3 bench/grpo_step.py --size 7b --device cuda --dtype bfloat16 --steps 2 --group-size 4 \
-  --batch 4 --new-tokens 128 --lora-rank 128 --workdir /tmp/bench7b --json "$out/step_7b.json" \
-  grpo.logprob_chunk=256 2>&1 | grep -vE "Warning|warn|Loading weights" | tail -14
+  --batch 4 --new-tokens 128 --lora-rank 128 --workdir /tmp/bench7b --json "$out/step_7b.json" 2>&1 | grep -vE "Warning|warn|Loading weights" | tail -14
 echo "== demo on CUDA, bf16 (SFT 60 steps, GRPO 10 steps)"
 timeout 150 python3 train.py device=cuda model.dtype=bfloat16 data.synthetic_n=300 sft.steps=60 max_steps=10 \
   output_dir=/tmp/demo-gpu 2>&1 | grep -vE "Warning|warn|Loading weights|it/s" | tail -6

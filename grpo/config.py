@@ -83,7 +83,9 @@ class GRPOConfig:
     aggregation: str = "sequence"  # sequence (paper) | token (DAPO) | dr_grpo
     adv_scale: str = "group"  # group (eq. 2) | batch | none
     num_iterations: int = 1  # optimizer passes over each batch of rollouts (mu); 1: old policy = policy
-    logprob_chunk: int = 1024  # tokens per chunk of the output projection in the log-prob pass
+    # tokens per chunk of the output projection in the log-prob pass; None: 2**24 / vocab (a 64 MB fp32
+    # chunk of logits, ~110 tokens at Qwen's 151,936), as small as it gets before time suffers
+    logprob_chunk: int | None = None
 
 
 @dataclass
@@ -338,7 +340,8 @@ def validate(cfg: TrainConfig) -> None:
         f"save_every ({cfg.save_every}) must be a multiple of grpo.num_iterations ({g.num_iterations}): "
         "checkpoints are taken between batches of rollouts",
     )
-    _require(g.logprob_chunk >= 1, f"grpo.logprob_chunk: must be >= 1, got {g.logprob_chunk}")
+    _require(g.logprob_chunk is None or g.logprob_chunk >= 1,
+             f"grpo.logprob_chunk: must be >= 1, got {g.logprob_chunk}")
     _require(o.lr > 0, f"optim.lr: must be > 0, got {o.lr}")
     _require(all(0 <= x < 1 for x in o.betas), f"optim.betas: each must be in [0, 1), got {o.betas}")
     _require(0 <= o.warmup_ratio < 1, f"optim.warmup_ratio: must be in [0, 1), got {o.warmup_ratio}")

@@ -105,6 +105,8 @@ class Trainer:
             else None
         )
         self.params = trainable_parameters(self.model)
+        vocab = lm_head_weight(self.model).shape[0]
+        self.logprob_chunk = cfg.grpo.logprob_chunk or max(16, 2**24 // vocab)
         self.batches = ShardedBatches(
             len(self.samples), cfg.batch.prompts_per_device, self.dist.rank, self.dist.world_size, cfg.seed
         )
@@ -209,7 +211,7 @@ class Trainer:
         hidden = hidden[:, prompt_len - 1 : -1]
         return token_logprobs_from_hidden(
             hidden, lm_head_weight(self.model), completion_ids, temperature=temperature,
-            chunk_size=self.cfg.grpo.logprob_chunk, mask=mask,
+            chunk_size=self.logprob_chunk, mask=mask,
         )  # fmt: skip
 
     # ------------------------------------------------------------------------------------ the prompts
