@@ -25,23 +25,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import prepare_workdir  # noqa: E402
+
 from grpo.config import load_config  # noqa: E402
 from grpo.trainer import Trainer  # noqa: E402
 
 PHASES = ("time/generate", "time/reward", "time/logprob_ref", "time/train", "time/optim")
-
-
-def prepare(workdir: Path) -> tuple[Path, Path]:
-    from data.synthetic import generate_world, world_texts
-    from model.tiny import build_tiny_model
-
-    annotation = workdir / "world" / "annotation.json"
-    if not annotation.exists():
-        generate_world(annotation.parent, n=64, seed=0)
-    tiny = workdir / "tiny"
-    if not (tiny / "config.json").exists():
-        build_tiny_model(tiny, world_texts(annotation), seed=0)
-    return annotation, tiny
 
 
 def peak_memory_gb(device: str) -> float:
@@ -71,7 +60,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     workdir = Path(args.workdir)
-    annotation, tiny = prepare(workdir)
+    annotation, tiny = prepare_workdir(workdir)
     dtype = getattr(torch, args.dtype)
     policy = None
     if args.size != "tiny":
