@@ -141,6 +141,8 @@ PLAIN_MENTIONS: dict[str, tuple[str, ...]] = {
         "pleural calcification*",
         "calcified pleura*",
         "apical cap*",
+        "apical pleural cap*",
+        "pleural cap*",
         "apical pleural thickening",
     ),
     "Fracture": (
@@ -434,6 +436,9 @@ SPURIOUS_EXPLANATIONS: tuple[str, ...] = (
     r"skin folds?",
     "costochondral",
     "bone island",
+    # an unfolded or tortuous aorta widens the mediastinal shadow without a mediastinal abnormality
+    r"(?:a\s)?(?:tortuous|unfolded|unfolding of the|ectatic)\s(?:thoracic\s)?aort\w*",
+    r"(?:aortic\s)?(?:tortuosity|unfolding)",
 )
 
 CUES: dict[str, tuple[str, ...]] = {
@@ -534,6 +539,8 @@ CUES: dict[str, tuple[str, ...]] = {
         "nor",
         "neither",
         "never",
+        # inverted order: "no longer seen is the left pneumothorax"
+        r"re:no longer (?:seen|visualized|visible|present|evident|identified) (?:is|are)\b",
     ),
     # Negation with a short reach both ways: "normal heart size", "heart size is normal",
     # "resolved left effusion", "the effusion has resolved".
@@ -654,7 +661,6 @@ CUES: dict[str, tuple[str, ...]] = {
         "not well visualized",
         "limited evaluation",
         "obscured",
-        "cannot be assessed",
         "difficult to assess",
         "difficult to evaluate",
         "either",
@@ -673,6 +679,9 @@ CUES: dict[str, tuple[str, ...]] = {
         r"present bilaterally|an? \w+)\b",
         r"re:(?:possibly|likely|probably|suspected|questionable|presumably|possible|borderline)(?=\s?(?:[.;!?]|$))",
         r"re:(?:is|are)\snot\s(?:entirely\s)?(?:certain|clear|definite)",
+        # "a small effusion cannot be assessed", "heart size is difficult to assess"
+        r"re:(?:cannot|can not|could not|is not|are not)\s(?:be\s)?(?:well\s)?(?:assessed|evaluated)\b",
+        r"re:(?:is|are|was|were)\s(?:somewhat\s)?(?:difficult|hard)\sto\s(?:assess|evaluate)\b",
         r"re:(?:is|are|was|were|remains?|appears?)\s(?:still\s)?(?:borderline|top normal|upper normal|"
         r"high normal|(?:at\s)?(?:the\s)?upper limits? of normal)",
     ),
@@ -695,6 +704,8 @@ CUES: dict[str, tuple[str, ...]] = {
     "unc_spurious": (
         r"re:(?:may|might|could|likely|probably|possibly|presumably|perhaps|most likely|more likely)\s"
         r"(?:[\w-]+\s){0,4}?(?:" + "|".join(SPURIOUS_EXPLANATIONS) + r")\b",
+        # "effusions are small, if present": the whole statement is conditional
+        r"re:if\s(?:any|present)(?=\s?(?:[.;,!?]|$))",
     ),
     # Uncertainty both ways: "atelectasis versus pneumonia".
     "unc_both": (

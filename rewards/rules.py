@@ -158,6 +158,7 @@ class CueRule:
     strict_forward: bool = False  # coordination needs "and"/"or" (short-reach cues)
     noun_phrase: bool = False  # forward reach ends at "with" / "due to" ... (as negation's does)
     loose_backward: bool = False  # backward reach crosses commas, lists and verbs (within its window)
+    spares: frozenset[str] = frozenset()  # observations its forward reach leaves alone
 
 
 CUE_RULES: dict[str, CueRule] = {
@@ -167,9 +168,11 @@ CUE_RULES: dict[str, CueRule] = {
     "neg_pre": CueRule("neg", 8, 0),
     "neg_both_short": CueRule("neg", 2, 5, strict_forward=True),
     "neg_post": CueRule("neg", 0, 5),
-    "unc_pre": CueRule("unc", 6, 0),
+    # A device after "may / likely / obscured by" is the cause or the subject of a doubtful position
+    # ("obscured by the overlying pacemaker", "the line likely terminates in"), never itself in doubt.
+    "unc_pre": CueRule("unc", 6, 0, spares=frozenset({"Support Devices"})),
     "unc_adj": CueRule("unc", 6, 0, noun_phrase=True),
-    "unc_spurious": CueRule("unc", 6, 10, loose_backward=True),
+    "unc_spurious": CueRule("unc", 6, 10, loose_backward=True, spares=frozenset({"Support Devices"})),
     "unc_post": CueRule("unc", 0, 5),
     "unc_both": CueRule("unc", 4, 4, strict_forward=True),
     "hedge_attr": CueRule("hedge", 3, 5, strict_forward=True),
@@ -400,7 +403,7 @@ def _reach(text: str, cue: _Cue, items: list[Mention], cues: list[_Cue]) -> list
     rule = CUE_RULES[cue.category]
     reached: list[Mention] = []
     if rule.forward:
-        after = [m for m in items if m.start >= cue.end]
+        after = [m for m in items if m.start >= cue.end and m.observation not in rule.spares]
         chain: list[Mention] = []
         pending: list[Mention] = []  # comma-linked, kept only if an "and"/"or" link follows (strict)
         last = None

@@ -661,3 +661,254 @@ def test_statements_without_findings_leave_all_findings_blank(labeler, text, no_
     codes = labeler.label_one(text)
     assert codes[:NO_FINDING].tolist() == [B] * NO_FINDING, labeler.explain(text)
     assert int(codes[NO_FINDING]) == no_finding
+
+
+# ----------------------------------------------------------------------------------------------
+# Multi-sentence MIMIC-style impressions (second robustness pass): change language, mixed-polarity lists,
+# devices, heart and mediastinum wording, the edema spectrum, sentence-scope hedges, pleural other and
+# No Finding. Each case lists the expected code of the observations it mentions.
+# ----------------------------------------------------------------------------------------------
+
+MULTI_SENTENCE_REPORTS = [
+    # change language
+    (
+        "Increased right lower lobe opacity, concerning for pneumonia. Small right pleural effusion.",
+        {"LO": P, "PN": U, "PE": P},
+    ),
+    ("Decreased left pleural effusion. Persistent left basilar atelectasis.", {"PE": P, "AT": P}),
+    ("Interval improvement in pulmonary edema. Moderate cardiomegaly is unchanged.", {"ED": P, "CM": P}),
+    (
+        "Worsening bilateral airspace opacities. Endotracheal tube terminates 4 cm above the carina.",
+        {"LO": P, "SD": P},
+    ),
+    ("New left lower lobe consolidation. No pneumothorax.", {"CO": P, "PX": N}),
+    # resolving / improving / decreased findings are still present (positive); resolved ones are negative
+    ("Resolving right upper lobe pneumonia. No new consolidation.", {"PN": P, "CO": U}),
+    ("Right pleural effusion is slightly improved but persists.", {"PE": P}),
+    ("No significant interval change in the moderate right pleural effusion.", {"PE": P}),
+    ("Previously seen left lower lobe opacity has resolved. Lungs are clear.", {"LO": N}),
+    (
+        "The previously noted right pneumothorax has resolved. Right chest tube has been removed.",
+        {"PX": N, "SD": N},
+    ),
+    ("Interval resolution of pulmonary edema. Heart size remains mildly enlarged.", {"ED": N, "CM": P}),
+    (
+        "Slight interval increase in size of small bilateral pleural effusions with adjacent bibasilar atelectasis.",
+        {"PE": P, "AT": P},
+    ),
+    ("Improved aeration of the left lung base with decreasing atelectasis.", {"AT": P}),
+    (
+        "Mild pulmonary edema has improved since the prior study. Stable small left effusion.",
+        {"ED": P, "PE": P},
+    ),
+    ("Unchanged moderate right pleural effusion and adjacent compressive atelectasis.", {"PE": P, "AT": P}),
+    ("Left lower lobe collapse has resolved. There is no pleural effusion.", {"AT": N, "PE": N}),
+    ("Interval worsening of right basilar consolidation, likely pneumonia.", {"CO": P, "PN": U}),
+    ("Progression of multifocal consolidation, consistent with worsening pneumonia.", {"CO": P, "PN": U}),
+    # mixed lists
+    ("Small left effusion; no pneumothorax; stable cardiomegaly.", {"PE": P, "PX": N, "CM": P}),
+    ("No pneumothorax, though there is a small left apical pleural thickening.", {"PX": N, "PO": P}),
+    (
+        "No focal consolidation, pleural effusion or pneumothorax. Mild cardiomegaly.",
+        {"CO": N, "PE": N, "PX": N, "CM": P},
+    ),
+    ("Bibasilar atelectasis; no edema; no effusion.", {"AT": P, "ED": N, "PE": N}),
+    (
+        "No pneumothorax. Small right pleural effusion, new since prior. Mild bibasilar atelectasis.",
+        {"PX": N, "PE": P, "AT": P},
+    ),
+    (
+        "Moderate cardiomegaly, no pulmonary edema, and small bilateral pleural effusions.",
+        {"CM": P, "ED": N, "PE": P},
+    ),
+    ("No edema, but there is a new right lower lobe opacity.", {"ED": N, "LO": P}),
+    (
+        "Lungs are clear without consolidation or effusion, and the heart size is normal.",
+        {"CO": N, "PE": N, "CM": N, "NF": P},
+    ),
+    # devices
+    ("ET tube terminates 4 cm above the carina. NG tube courses below the diaphragm.", {"SD": P}),
+    ("Dobhoff tube courses below the diaphragm with tip out of view.", {"SD": P}),
+    (
+        "Median sternotomy wires and mediastinal clips are noted. No acute cardiopulmonary process.",
+        {"SD": P, "EC": B},
+    ),
+    (
+        "Dual-lead pacemaker with leads in the right atrium and right ventricle. Heart size is normal.",
+        {"SD": P, "CM": N},
+    ),
+    ("Left chest wall port with catheter tip in the cavoatrial junction. Lungs are clear.", {"SD": P}),
+    ("No lines or tubes. Lungs are clear.", {"SD": N, "NF": P}),
+    (
+        "Right internal jugular central venous catheter tip in the mid SVC. No pneumothorax.",
+        {"SD": P, "PX": N},
+    ),
+    (
+        "Interval placement of a left-sided chest tube with decrease in size of the left pneumothorax.",
+        {"SD": P, "PX": P},
+    ),
+    ("Enteric tube tip is in the stomach. Mild bibasilar atelectasis.", {"SD": P, "AT": P}),
+    ("Tracheostomy tube in place. Unchanged small left pleural effusion.", {"SD": P, "PE": P}),
+    # heart / mediastinum
+    (
+        "Heart size is normal. Lungs are clear. No pleural effusion or pneumothorax.",
+        {"CM": N, "PE": N, "PX": N, "NF": P},
+    ),
+    ("Mild cardiomegaly is unchanged. No pulmonary edema.", {"CM": P, "ED": N}),
+    ("The cardiac silhouette is enlarged but stable. No focal consolidation.", {"CM": P, "CO": N}),
+    # a benign explanation (vessels, tortuous aorta) offered for widening makes it uncertain, not positive
+    ("Mediastinal widening likely due to vascular structures.", {"EC": U}),
+    ("Cardiomediastinal contours are within normal limits. Lungs are clear.", {"EC": N, "NF": P}),
+    ("Stable mild enlargement of the cardiac silhouette. Lungs are clear.", {"CM": P}),
+    ("The heart is mildly enlarged. Mediastinal contours are unremarkable.", {"CM": P, "EC": N}),
+    ("Unchanged widening of the mediastinum, likely due to tortuous aorta.", {"EC": U}),
+    # edema
+    ("Mild interstitial edema. Small bilateral pleural effusions.", {"ED": P, "PE": P}),
+    ("Pulmonary vascular congestion without overt pulmonary edema.", {"ED": U}),
+    ("No overt pulmonary edema. Heart size is top normal.", {"ED": N, "CM": U}),
+    # cephalization and fluid overload are congestion language: uncertain Edema unless edema is stated
+    ("Cephalization of the pulmonary vasculature, suggesting fluid overload.", {"ED": U}),
+    (
+        "Cardiomegaly with mild pulmonary edema and small bilateral effusions, consistent with fluid overload.",
+        {"CM": P, "ED": P, "PE": P},
+    ),
+    ("Moderate pulmonary edema, slightly worse than prior.", {"ED": P}),
+    # a hedged heart failure makes a blank Cardiomegaly uncertain (LABELER-NOTES step 4)
+    ("Findings suggest mild congestive heart failure.", {"ED": U, "CM": U}),
+    # hedges
+    ("Findings could represent aspiration or pneumonia.", {"PN": U}),
+    (
+        "Right basilar opacity. Atelectasis is favored, although infection is not excluded.",
+        {"LO": P, "AT": U, "PN": U},
+    ),
+    (
+        "Left retrocardiac opacity. Differential includes atelectasis and pneumonia.",
+        {"LO": P, "AT": U, "PN": U},
+    ),
+    (
+        "Patchy right lower lobe opacity. Clinical correlation for pneumonia is recommended.",
+        {"LO": P, "PN": U},
+    ),
+    (
+        "The left costophrenic angle is excluded from the field of view; a small effusion cannot be assessed.",
+        {"PE": U},
+    ),
+    ("A small left effusion may be obscured by the overlying pacemaker.", {"PE": U, "SD": P}),
+    (
+        "Bibasilar opacities may reflect atelectasis, though pneumonia cannot be excluded.",
+        {"LO": P, "AT": U, "PN": U},
+    ),
+    ("Opacity at the right base could reflect atelectasis or early pneumonia.", {"LO": P, "AT": U, "PN": U}),
+    (
+        "Hazy opacity in the left lower lung, which may represent pneumonia in the appropriate clinical setting.",
+        {"LO": P, "PN": U},
+    ),
+    ("Subtle left basilar opacity may represent atelectasis or aspiration.", {"LO": P, "AT": U}),
+    # pleural other
+    ("Bilateral apical pleural thickening. Lungs otherwise clear.", {"PO": P}),
+    # blunting of the costophrenic angle is an uncertain effusion (CheXpert convention, LABELER-NOTES)
+    (
+        "Blunting of the right costophrenic angle, which may reflect a small effusion or pleural thickening.",
+        {"PE": U},
+    ),
+    ("Apical pleural cap on the left. No pneumothorax.", {"PO": P, "PX": N}),
+    ("Blunting of the left costophrenic angle is unchanged.", {"PE": U}),
+    ("Calcified pleural plaques consistent with prior asbestos exposure.", {"PO": P}),
+    # no finding
+    ("No acute cardiopulmonary process.", {"NF": P}),
+    ("Normal chest radiograph.", {"NF": P}),
+    ("No acute cardiopulmonary abnormality. Heart size is normal.", {"NF": P, "CM": N}),
+    ("No acute intrathoracic process.", {"NF": P}),
+    # a device named as the cause of an obscured view is present, not in doubt
+    ("Left lower lobe opacity is obscured by the overlying pacemaker generator.", {"LO": P, "SD": P}),
+    # Kerley lines, like vascular congestion, suggest but do not prove edema (hedged Edema, LABELER-NOTES)
+    ("Kerley B lines and peribronchial cuffing, consistent with interstitial edema.", {"ED": U, "LO": P}),
+    (
+        "Perihilar haziness and vascular indistinctness likely reflect mild pulmonary edema.",
+        {"ED": U, "LO": P},
+    ),
+    (
+        "Bilateral pleural effusions have decreased in size. Bibasilar atelectasis is improved.",
+        {"PE": P, "AT": P},
+    ),
+    ("The right pleural effusion is smaller, now small.", {"PE": P}),
+    ("Near complete resolution of the right lower lobe pneumonia.", {"PN": P}),
+    ("Complete resolution of right lower lobe pneumonia.", {"PN": N}),
+    ("Right lower lobe pneumonia has cleared. No effusion.", {"PN": N, "PE": N}),
+    ("No longer seen is the left apical pneumothorax.", {"PX": N}),
+    ("Removal of the nasogastric tube. Otherwise no change.", {"SD": N}),
+    ("Interval extubation. No pneumothorax.", {"PX": N}),
+    (
+        "No evidence of pneumonia. Chronic blunting of the right costophrenic angle likely reflects pleural thickening.",
+        {"PN": N, "PE": U},
+    ),
+    (
+        "Mild bibasilar opacities, likely atelectasis, although aspiration or early pneumonia is possible.",
+        {"LO": P, "AT": U, "PN": U},
+    ),
+    ("Atelectasis versus consolidation at the left base.", {"AT": U, "CO": U}),
+    ("Consolidation in the right lower lobe worrisome for pneumonia.", {"CO": P, "PN": U}),
+    ("Right lower lobe pneumonia.", {"PN": P}),
+    ("Multifocal pneumonia, worse on the left.", {"PN": P}),
+    ("Low lung volumes. No definite focal consolidation to suggest pneumonia.", {"CO": N, "PN": N}),
+    ("Lungs are hyperinflated. No acute cardiopulmonary process.", {"NF": B}),
+    ("Normal chest radiograph. No pneumothorax.", {"NF": P, "PX": N}),
+    (
+        "There is no focal consolidation, pleural effusion, or pneumothorax. The cardiomediastinal silhouette is normal.",
+        {"CO": N, "PE": N, "PX": N, "EC": N, "NF": P},
+    ),
+    (
+        "The heart is normal in size. The mediastinal and hilar contours are within normal limits.",
+        {"CM": N, "EC": N},
+    ),
+    ("Moderate enlargement of the cardiac silhouette is similar to prior.", {"CM": P}),
+    ("Cardiac silhouette size is difficult to assess given the AP technique.", {"CM": U}),
+    ("Severe cardiomegaly, stable. Sternotomy wires are intact.", {"CM": P, "SD": P}),
+    ("Nasogastric tube has been advanced and now terminates in the stomach.", {"SD": P}),
+    ("The endotracheal tube has been pulled back and terminates 3 cm above the carina.", {"SD": P}),
+    ("Right PICC has been removed. Left IJ line remains in place.", {"SD": P}),
+    ("Small left apical pneumothorax is slightly smaller. Left chest tube in place.", {"PX": P, "SD": P}),
+    ("Trace right pneumothorax, decreased from prior.", {"PX": P}),
+    ("No residual pneumothorax after chest tube removal.", {"PX": N, "SD": N}),
+    ("Pleural effusions are small, if present.", {"PE": U}),
+    ("No large pleural effusion. Small effusion cannot be excluded.", {"PE": U}),
+    ("No pleural effusion is seen, although the left costophrenic angle is not fully included.", {"PE": N}),
+    ("Likely small bilateral pleural effusions.", {"PE": U}),
+    ("Lungs are clear except for minimal left basilar atelectasis.", {"AT": P}),
+    ("Minimal left basilar atelectasis, otherwise clear lungs.", {"AT": P}),
+    ("Severe pulmonary edema is slightly improved compared to yesterday, but persists.", {"ED": P}),
+    ("Mild fluid overload without frank edema.", {"ED": U}),
+    ("Mild pulmonary vascular congestion. No focal consolidation.", {"ED": U, "CO": N}),
+    ("Findings concerning for new right upper lobe pneumonia; recommend follow-up to resolution.", {"PN": U}),
+    ("Right upper lobe mass, concerning for malignancy.", {"LL": P}),
+    (
+        "Nodular opacity in the left upper lobe could represent a nipple shadow; repeat with nipple markers recommended.",
+        {"LL": U},
+    ),
+    # old / healed fractures are still Fracture mentions (CheXpert labels them positive)
+    ("Healed right rib fractures. No acute fracture.", {"FX": P}),
+    ("Old healed left clavicle fracture.", {"FX": P}),
+    ("Possible right rib fracture; dedicated rib series may be obtained.", {"FX": U}),
+    ("Pneumonia is less likely.", {"PN": U}),
+    ("Pleural thickening at the right base is stable. No effusion.", {"PO": P, "PE": N}),
+    ("No interval change. Small bilateral effusions persist.", {"PE": P}),
+    # "no new X" is uncertainty phrased as negation (LABELER-NOTES step 3a)
+    ("No new consolidation. Unchanged right basilar atelectasis.", {"CO": U, "AT": P}),
+    ("Heart size is enlarged but unchanged. Mild interstitial edema has improved.", {"CM": P, "ED": P}),
+    ("Possible mild pulmonary edema versus atypical infection.", {"ED": U, "PN": U}),
+    (
+        "There is increased opacification of the left lower lobe, consistent with atelectasis or consolidation.",
+        {"LO": P, "AT": U, "CO": U},
+    ),
+    ("The lungs are clear. Heart size is upper normal. No pleural effusion.", {"CM": U, "PE": N}),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), MULTI_SENTENCE_REPORTS, ids=lambda v: v[:60] if isinstance(v, str) else None
+)
+def test_multi_sentence_impressions_keep_polarity_per_observation(labeler, text, expected):
+    """Change language, mixed lists, devices and sentence-scope hedges give the radiologist's class."""
+    codes = labeler.label_one(text)
+    got = {short: int(codes[OBSERVATIONS.index(_SHORT[short])]) for short in expected}
+    assert got == expected, labeler.explain(text)
