@@ -129,3 +129,16 @@ def test_num_iterations_reuses_rollouts_and_moves_the_ratio_off_one(tiny_model_d
     assert first["reward"] == second["reward"] and "time/generate" not in second
     assert first["ratio_mean"] == pytest.approx(1.0, abs=1e-6)
     assert second["ratio_mean"] != pytest.approx(1.0, abs=1e-6)
+
+
+def test_mask_truncated_drops_completions_cut_by_max_new_tokens_from_the_loss(tiny_model_dir, world, tmp_path):
+    """Two new tokens and EOS suppressed until then: every completion is truncated, so with
+    sampling.mask_truncated the loss has no token left and the policy gets no gradient."""
+    cfg = make_cfg(tiny_model_dir, world, tmp_path, "max_steps=1", "sampling.max_new_tokens=2",
+                   "sampling.min_new_tokens=2", "sampling.mask_truncated=true")  # fmt: skip
+    trainer = Trainer(cfg, reward_fn=letter_e_reward)
+    trainer.train()
+    trainer.close()
+    (row,) = read_metrics(tmp_path)
+    assert row["truncated_frac"] == 1.0
+    assert row["loss"] == 0.0 and row["grad_norm"] == 0.0
