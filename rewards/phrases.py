@@ -439,6 +439,8 @@ SPURIOUS_EXPLANATIONS: tuple[str, ...] = (
     # an unfolded or tortuous aorta widens the mediastinal shadow without a mediastinal abnormality
     r"(?:a\s)?(?:tortuous|unfolded|unfolding of the|ectatic)\s(?:thoracic\s)?aort\w*",
     r"(?:aortic\s)?(?:tortuosity|unfolding)",
+    # an enlarged cardiac silhouette "may reflect pericardial effusion": the enlargement is in doubt
+    r"(?:a\s)?pericardial (?:effusion|fluid)",
 )
 
 CUES: dict[str, tuple[str, ...]] = {
@@ -660,6 +662,8 @@ CUES: dict[str, tuple[str, ...]] = {
         "not well evaluated",
         "not well visualized",
         "limited evaluation",
+        "limited assessment",
+        r"re:limit(?:s|ing|ed)?\s(?:the\s)?(?:assessment|evaluation)\sof",
         "obscured",
         "difficult to assess",
         "difficult to evaluate",

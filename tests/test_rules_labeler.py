@@ -901,6 +901,136 @@ MULTI_SENTENCE_REPORTS = [
         {"LO": P, "AT": U, "CO": U},
     ),
     ("The lungs are clear. Heart size is upper normal. No pleural effusion.", {"CM": U, "PE": N}),
+    (
+        "1. Interval increase in moderate right pleural effusion. 2. Right basilar opacity likely reflects compressive atelectasis, though superimposed pneumonia cannot be excluded.",
+        {"PE": P, "LO": P, "AT": U, "PN": U},
+    ),
+    (
+        "Compared to prior, there is improved aeration at the left base. Residual small left effusion.",
+        {"PE": P},
+    ),
+    (
+        "AP portable chest radiograph demonstrates the endotracheal tube 5 cm above the carina. Lungs demonstrate diffuse bilateral opacities compatible with ARDS.",
+        {"SD": P, "LO": P},
+    ),
+    (
+        "Interval removal of the right IJ central line. No pneumothorax. Stable mild cardiomegaly with mild pulmonary vascular congestion.",
+        {"SD": N, "PX": N, "CM": P, "ED": U},
+    ),
+    (
+        "The lungs are hyperexpanded but clear. No focal consolidation, effusion, or pneumothorax. Heart size normal.",
+        {"CO": N, "PE": N, "PX": N, "CM": N, "NF": B},
+    ),
+    ("Heart size normal. Lungs clear.", {"CM": N, "NF": P}),
+    (
+        "Persistent opacification of the left lower lobe with air bronchograms, concerning for pneumonia.",
+        {"LO": P, "PN": U},
+    ),
+    (
+        "Increased interstitial markings which may reflect mild interstitial edema or atypical infection.",
+        {"LO": P, "ED": U, "PN": U},
+    ),
+    ("There has been interval development of a small left pleural effusion.", {"PE": P}),
+    ("Small bilateral pleural effusions, left greater than right, slightly decreased.", {"PE": P}),
+    ("Moderate pulmonary edema is improving.", {"ED": P}),
+    (
+        "Lines and tubes are in standard position. Worsening right lower lobe consolidation.",
+        {"SD": P, "CO": P},
+    ),
+    ("There is no pneumothorax or large effusion. A small effusion is possible.", {"PX": N, "PE": U}),
+    (
+        "Swan-Ganz catheter tip in the right pulmonary artery. Sternal wires intact. Mediastinal drains in place.",
+        {"SD": P, "EC": B},
+    ),
+    ("Left chest tube remains in place with no residual pneumothorax.", {"SD": P, "PX": N}),
+    ("Possible trace left apical pneumothorax, unchanged from prior.", {"PX": U}),
+    ("The heart size remains enlarged. Pulmonary edema has essentially resolved.", {"CM": P, "ED": N}),
+    ("No acute cardiopulmonary process. Stable mild cardiomegaly.", {"CM": P, "NF": B}),
+    ("Mildly enlarged cardiac silhouette, likely accentuated by low lung volumes.", {"CM": U}),
+    ("Elevation of the right hemidiaphragm with adjacent atelectasis.", {"AT": P}),
+    ("No radiographic evidence of pneumonia.", {"PN": N, "NF": P}),
+    ("Pneumonia is not excluded in the right lower lobe.", {"PN": U}),
+    (
+        "Right lower lobe opacity, which could be atelectasis, aspiration, or pneumonia.",
+        {"LO": P, "AT": U, "PN": U},
+    ),
+    ("There is no evidence of free air beneath the diaphragm. Nasogastric tube in the stomach.", {"SD": P}),
+    ("Cardiomegaly is accentuated by the AP technique. No overt edema.", {"CM": P, "ED": N}),
+    (
+        "Severe cardiomegaly. No definite superimposed pneumonia, though evaluation is limited by body habitus.",
+        {"CM": P, "PN": N},
+    ),
+    ("Streaky bibasilar opacities most consistent with atelectasis.", {"LO": P, "AT": U}),
+    ("Minimal bibasilar atelectasis. Otherwise, no acute cardiopulmonary abnormality.", {"AT": P, "NF": B}),
+    ("No pleural effusion or pneumothorax is seen. Mild pulmonary edema.", {"PE": N, "PX": N, "ED": P}),
+    ("Loculated right pleural effusion, unchanged. Right basilar pleural thickening.", {"PE": P, "PO": P}),
+    ("Tiny left pneumothorax has decreased in size.", {"PX": P}),
+    ("Right pneumothorax is no longer visualized.", {"PX": N}),
+    (
+        "Patchy opacities in both lungs are concerning for multifocal pneumonia in the setting of fever.",
+        {"LO": P, "PN": U},
+    ),
+    ("Right middle lobe pneumonia has improved but not resolved.", {"PN": P}),
+    # an enlarged silhouette explained as possible pericardial effusion is an uncertain cardiomegaly
+    ("Enlarged cardiac silhouette may be due to pericardial effusion or cardiomegaly.", {"CM": U, "PE": B}),
+    ("Widened mediastinum; recommend CT to exclude aortic injury.", {"EC": P}),
+    (
+        "Prominent hila likely represent pulmonary arterial hypertension rather than lymphadenopathy.",
+        {"EC": N},
+    ),
+    (
+        "The left-sided pacemaker leads terminate in the right atrium and right ventricle, unchanged.",
+        {"SD": P},
+    ),
+    (
+        "No evidence of pneumonia or pulmonary edema. Small left pleural effusion and left basilar atelectasis are new.",
+        {"PN": N, "ED": N, "PE": P, "AT": P},
+    ),
+    (
+        "No focal consolidation to suggest pneumonia. Mild cardiomegaly without pulmonary edema.",
+        {"CO": N, "PN": N, "CM": P, "ED": N},
+    ),
+    (
+        "Lungs are clear without focal consolidation. Mild cardiomegaly. No effusion.",
+        {"CO": N, "CM": P, "PE": N},
+    ),
+    # nearly / partially resolved findings are still present
+    ("Right lung base opacity has nearly resolved.", {"LO": P}),
+    ("Resolved left pneumothorax. Left chest tube has been removed.", {"PX": N, "SD": N}),
+    ("New right PICC line terminates in the low SVC. No other change.", {"SD": P}),
+    ("Persistent right upper lobe collapse due to mucus plugging.", {"AT": P}),
+    ("Right lower lobe atelectasis secondary to elevated hemidiaphragm.", {"AT": P}),
+    (
+        "Stable appearance of the chest with bilateral pleural effusions and bibasilar consolidation.",
+        {"PE": P, "CO": P},
+    ),
+    (
+        "Moderate pulmonary edema with bilateral effusions, increased from prior, which could mask an underlying pneumonia.",
+        {"ED": P, "PE": P, "PN": U},
+    ),
+    # congestion stays an uncertain Edema even beside a negated edema (positive > uncertain > negative)
+    ("Mild vascular congestion has improved. No edema.", {"ED": U}),
+    ("Mild interstitial pulmonary edema, new since the prior exam.", {"ED": P}),
+    (
+        "No evidence of acute cardiopulmonary disease. Tiny calcified granuloma in the right upper lobe.",
+        {"NF": B, "LL": B},
+    ),
+    ("Heart is upper limits of normal in size.", {"CM": U}),
+    (
+        "Ill-defined opacity in the right lower lobe, possibly atelectasis, although early pneumonia is a consideration.",
+        {"LO": P, "AT": U, "PN": U},
+    ),
+    # a limited assessment of a structure is uncertainty about it
+    ("The patient is rotated, limiting assessment of the mediastinum.", {"EC": U}),
+    ("Bilateral perihilar opacities may represent edema or infection.", {"LO": P, "ED": U, "PN": U}),
+    ("Pleural effusion is unlikely.", {"PE": U}),
+    ("Aspiration pneumonia in the right lower lobe.", {"PN": P}),
+    ("Right sided pleural effusion and overlying atelectasis have decreased.", {"PE": P, "AT": P}),
+    ("The feeding tube has been removed. Endotracheal tube remains in standard position.", {"SD": P}),
+    ("No displaced rib fracture identified.", {"FX": N}),
+    ("Scattered linear opacities suggestive of scarring or atelectasis.", {"LO": P, "AT": U}),
+    ("Unchanged small left pneumothorax with pigtail catheter in place.", {"PX": P, "SD": P}),
+    ("Large right pleural effusion with underlying collapse of the right lower lobe.", {"PE": P, "AT": P}),
 ]
 
 
