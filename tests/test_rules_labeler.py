@@ -1031,6 +1031,24 @@ MULTI_SENTENCE_REPORTS = [
     ("Scattered linear opacities suggestive of scarring or atelectasis.", {"LO": P, "AT": U}),
     ("Unchanged small left pneumothorax with pigtail catheter in place.", {"PX": P, "SD": P}),
     ("Large right pleural effusion with underlying collapse of the right lower lobe.", {"PE": P, "AT": P}),
+    ("Since the prior study, the right pleural effusion has increased and is now moderate.", {"PE": P}),
+    ("Left lower lobe consolidation is again seen, not significantly changed.", {"CO": P}),
+    ("The cardiac silhouette remains moderately enlarged.", {"CM": P}),
+    ("There is mild pulmonary vascular engorgement without frank interstitial edema.", {"ED": U}),
+    ("Previously described right middle lobe nodule is not seen on the current exam.", {"LL": N}),
+    ("No convincing signs of pneumonia.", {"PN": N}),
+    ("Equivocal small right pleural effusion versus pleural thickening.", {"PE": U, "PO": U}),
+    ("Small left pleural effusion is likely present.", {"PE": U}),
+    ("The right costophrenic angle is sharp. No effusion.", {"PE": N}),
+    (
+        "Subsegmental atelectasis in the lingula, unchanged. No evidence of pneumothorax or edema.",
+        {"AT": P, "PX": N, "ED": N},
+    ),
+    ("The ET tube is 2 cm above the carina and could be withdrawn 2 cm.", {"SD": P}),
+    (
+        "Left PICC tip at the cavoatrial junction. Heart size and mediastinal contours are normal.",
+        {"SD": P, "CM": N, "EC": N},
+    ),
 ]
 
 
