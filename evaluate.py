@@ -15,7 +15,8 @@ Modes (exactly one):
       python evaluate.py --run runs/demo --curves [--out DIR]
 
   --run RUNDIR             generate reports with the run's model on a split, then score them
-                           (the generation mode; see run_generation_mode below)
+      python evaluate.py --run runs/demo --split test [--checkpoint N | --no-adapter] [--sample]
+      torchrun --nproc_per_node=8 evaluate.py --run-dir RUNDIR --split test   # ranks share the split
 
 With the rule-based labeler nothing here loads torch or transformers.
 """
@@ -38,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--predictions", type=Path, metavar="FILE.csv", help="score the reports in this CSV")
     mode.add_argument("--compare", nargs="+", type=Path, metavar="DIR", help="compare evaluation folders")
     mode.add_argument(
-        "--run", type=Path, metavar="RUNDIR", help="a training run folder (with --curves or to generate)"
-    )
+        "--run", "--run-dir", dest="run", type=Path, metavar="RUNDIR",
+        help="a training run folder (with --curves or to generate); under torchrun spell it --run-dir, "
+        "since torchrun takes --run as an abbreviation of its own options",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, metavar="DIR", help="output folder (required with --predictions)")
 
     csv_group = parser.add_argument_group("predictions CSV")
