@@ -35,13 +35,17 @@ def overrides(tiny_model_dir, world, out):
             "batch.grad_accum=2", "optim.lr=0.01", "optim.grad_clip=1.0", "save_every=100"]  # fmt: skip
 
 
-def test_ddp_ranks_end_with_identical_trainable_parameters(tiny_model_dir, world, tmp_path):
+@pytest.mark.parametrize("zero1", [False, True], ids=["ddp", "ddp+zero1"])
+def test_ddp_ranks_end_with_identical_trainable_parameters(tiny_model_dir, world, tmp_path, zero1):
+    """Also with ZeRO-1 (optimizer state sharded across ranks, consolidated on rank 0 for the checkpoint)."""
     out = tmp_path / "result.json"
-    torchrun(ROOT / "tests" / "ddp_worker.py", out, *overrides(tiny_model_dir, world, tmp_path / "run"), "max_steps=2")
+    torchrun(ROOT / "tests" / "ddp_worker.py", out, *overrides(tiny_model_dir, world, tmp_path / "run"),
+             "max_steps=2", f"optim.zero1={str(zero1).lower()}")  # fmt: skip
     result = json.loads(out.read_text())
     assert result["world_size"] == 2 and result["same_dataset"]
     assert result["moved"] > 0 and result["grad_signal"] > 0, "no gradient: the test would pass trivially"
     assert result["max_abs_diff_between_ranks"] == 0.0
+    assert (tmp_path / "run" / "checkpoints" / "step-000002" / "optimizer.pt").is_file()
 
 
 def test_train_py_runs_under_torchrun_and_rank_zero_writes_the_run(tiny_model_dir, world, tmp_path):
