@@ -119,10 +119,21 @@ def build_labeler(args: argparse.Namespace):
     )
 
 
+def score_with_args(args, ids, references, predictions, generated, out_dir, method, settings) -> dict:
+    """evaluation.score_reports with the scoring options of the command line (both ways in use it)."""
+    from evaluation.score import score_reports
+
+    return score_reports(
+        ids, references, predictions, generated, labeler=build_labeler(args), out_dir=out_dir,
+        uncertain_as=args.uncertain_as, nlg=not args.no_nlg, meteor=False if args.no_meteor else "auto",
+        plots=not args.no_plots, labeler_name=args.labeler, method=method, dataset=args.dataset,
+        table_average=args.table_average, settings=settings,
+    )  # fmt: skip
+
+
 def run_predictions_mode(args: argparse.Namespace) -> int:
     from evaluation.inputs import align_by_id, read_columns
     from evaluation.outputs import headline_markdown
-    from evaluation.score import score_reports
 
     if args.out is None:
         raise SystemExit("error: --predictions needs --out DIR")
@@ -147,21 +158,8 @@ def run_predictions_mode(args: argparse.Namespace) -> int:
         generated = generated if generated is not None else prediction_texts
         prediction_texts = [extract_report(text) for text in prediction_texts]
 
-    metrics = score_reports(
-        ids,
-        reference_texts,
-        prediction_texts,
-        generated,
-        labeler=build_labeler(args),
-        out_dir=args.out,
-        uncertain_as=args.uncertain_as,
-        nlg=not args.no_nlg,
-        meteor=False if args.no_meteor else "auto",
-        plots=not args.no_plots,
-        labeler_name=args.labeler,
-        method=args.method,
-        dataset=args.dataset,
-        table_average=args.table_average,
+    metrics = score_with_args(
+        args, ids, reference_texts, prediction_texts, generated, args.out, args.method,
         settings={
             "mode": "predictions",
             "extract_report": args.extract_report,
@@ -169,7 +167,7 @@ def run_predictions_mode(args: argparse.Namespace) -> int:
             "references_file": str(args.references or args.predictions),
             "chexbert": str(args.chexbert) if args.chexbert else None,
         },
-    )
+    )  # fmt: skip
     print(headline_markdown(metrics, args.table_average))
     print(
         f"\nwrote {args.out}/: metrics.json labels.csv reports.csv summary.md {' '.join(metrics.get('plots', []))}"
@@ -204,7 +202,6 @@ def run_generation_mode(args: argparse.Namespace) -> int:
     <report> text, and score it like --predictions. Resumable; under torchrun, ranks share the split."""
     from evaluation.generate import Decoding, generate_split
     from evaluation.outputs import headline_markdown
-    from evaluation.score import score_reports
     from rewards.format import extract_report
 
     if args.run is None:
@@ -220,12 +217,10 @@ def run_generation_mode(args: argparse.Namespace) -> int:
     if not rows:  # a non-zero rank under torchrun: rank 0 scores
         return 0
     generated = [row["generated"] for row in rows]
-    metrics = score_reports(
-        [row["id"] for row in rows], [row["reference"] for row in rows], [extract_report(t) for t in generated],
-        generated, labeler=build_labeler(args), out_dir=out, uncertain_as=args.uncertain_as,
-        nlg=not args.no_nlg, meteor=False if args.no_meteor else "auto", plots=not args.no_plots,
-        labeler_name=args.labeler, method=args.method or ("Base" if args.no_adapter else f"GRPO ({which})"),
-        dataset=args.dataset, table_average=args.table_average,
+    metrics = score_with_args(
+        args, [row["id"] for row in rows], [row["reference"] for row in rows],
+        [extract_report(t) for t in generated], generated, out,
+        args.method or ("Base" if args.no_adapter else f"GRPO ({which})"),
         settings={"mode": "generation", "run": str(args.run), "split": args.split, "adapter": which,
                   "decoding": vars(decoding)},
     )  # fmt: skip

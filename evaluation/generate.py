@@ -80,12 +80,8 @@ def generate_split(
         raise FileNotFoundError(f"{config_file} not found: --run must be a training run folder")
     cfg = load_config(config_file)
     info = distributed.setup(device)
-    from data.r2gen import load_annotation
-
     d = cfg.data
-    samples = load_annotation(d.annotation, split, images_dir=d.images_dir, multi_view=d.multi_view,
-                              clean_reports=d.clean_reports, skip_bad=d.skip_bad,
-                              check_images=d.check_images)  # fmt: skip
+    samples = d.load_samples(split)
     mine = samples[info.rank :: info.world_size]
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = f".rank{info.rank}" if info.enabled else ""
@@ -106,6 +102,7 @@ def generate_split(
         model.eval()
         tokenizer = processor.tokenizer
         stops = stop_token_ids(model, tokenizer)
+        suppress = vision_token_ids(processor)
         sampling = {
             "do_sample": True,
             "temperature": decoding.temperature,
@@ -123,7 +120,7 @@ def generate_split(
                 out = model.generate(
                     **batch, max_new_tokens=decoding.max_new_tokens or cfg.sampling.max_new_tokens,
                     eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
-                    suppress_tokens=vision_token_ids(processor),
+                    suppress_tokens=suppress,
                     **(sampling if decoding.do_sample else {"do_sample": False}),
                 )  # fmt: skip
                 ids, _, _ = split_completions(

@@ -64,6 +64,15 @@ class DataConfig:
     synthetic_seed: int = 0
     prompt: PromptConfig = field(default_factory=PromptConfig)
 
+    def load_samples(self, split: str | None = None) -> list:
+        """The samples of ``split`` (default: ``self.split``) with every loading option of this section."""
+        from data.r2gen import load_annotation
+
+        return load_annotation(
+            self.annotation, split or self.split, images_dir=self.images_dir, multi_view=self.multi_view,
+            clean_reports=self.clean_reports, skip_bad=self.skip_bad, check_images=self.check_images,
+        )  # fmt: skip
+
 
 @dataclass
 class SamplingConfig:
@@ -340,8 +349,10 @@ def validate(cfg: TrainConfig) -> None:
         f"save_every ({cfg.save_every}) must be a multiple of grpo.num_iterations ({g.num_iterations}): "
         "checkpoints are taken between batches of rollouts",
     )
-    _require(g.logprob_chunk is None or g.logprob_chunk >= 1,
-             f"grpo.logprob_chunk: must be >= 1, got {g.logprob_chunk}")
+    _require(
+        g.logprob_chunk is None or g.logprob_chunk >= 1,
+        f"grpo.logprob_chunk: must be >= 1, got {g.logprob_chunk}",
+    )
     _require(o.lr > 0, f"optim.lr: must be > 0, got {o.lr}")
     _require(all(0 <= x < 1 for x in o.betas), f"optim.betas: each must be in [0, 1), got {o.betas}")
     _require(0 <= o.warmup_ratio < 1, f"optim.warmup_ratio: must be in [0, 1), got {o.warmup_ratio}")

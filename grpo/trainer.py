@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from data.batching import append_completion, collate_prompts, images_per_row, repeat_for_group
-from data.r2gen import Sample, load_annotation
+from data.r2gen import Sample
 from grpo import checkpoint, distributed
 from grpo.advantages import group_advantages
 from grpo.config import TrainConfig, to_dict
@@ -127,10 +127,7 @@ class Trainer:
 
     def _load_samples(self) -> list[Sample]:
         d = self.cfg.data
-        samples = load_annotation(
-            d.annotation, d.split, images_dir=d.images_dir, multi_view=d.multi_view,
-            clean_reports=d.clean_reports, skip_bad=d.skip_bad, check_images=d.check_images,
-        )  # fmt: skip
+        samples = d.load_samples()
         log.info("data: %d %s samples from %s", len(samples), d.split, d.annotation)
         return samples
 
