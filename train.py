@@ -6,7 +6,7 @@
     python train.py --config ... --resume             # continue from the run's last good checkpoint
 
 Overrides are ``key=value`` with dotted keys for nested values (``sampling.group_size=8``); see
-grpo/config.py for every key.
+grpo/config.py for every key. ``--print-config`` prints the resolved config (file + overrides) and exits.
 """
 
 from __future__ import annotations
@@ -17,11 +17,14 @@ import logging
 import os
 import shutil
 import sys
+import textwrap
 from pathlib import Path
+
+import yaml
 
 from data.r2gen import AnnotationError
 from grpo import distributed
-from grpo.config import ConfigError, TrainConfig, load_config
+from grpo.config import ConfigError, TrainConfig, config_sections, load_config, to_dict
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 log = logging.getLogger("train")
@@ -66,12 +69,24 @@ def run(cfg: TrainConfig, resume: bool) -> Path:
         trainer.close()
 
 
+def config_keys_help() -> str:
+    """The --help epilog: every config section, its keys, and the class whose comments document them."""
+    lines = ["config sections and their keys (each key's default and meaning: the class named beside it):"]
+    for section, cls, keys in config_sections():
+        lines.append(f"  {section:<14}{cls.__module__.replace('.', '/')}.py  {cls.__name__}")
+        lines += textwrap.wrap(" ".join(keys), width=100, initial_indent=" " * 16, subsequent_indent=" " * 16)
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, epilog=config_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML recipe (default: the demo)")
     parser.add_argument("--resume", action="store_true", help="continue from the last good checkpoint")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config as YAML and exit"
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides, dotted keys for nested values")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -80,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return 0
     try:
         return train(cfg, args.resume)
     except (FileNotFoundError, AnnotationError) as err:  # a path or a data entry the user gave: no traceback

@@ -15,12 +15,12 @@ import numpy as np
 from evaluation.ce import AVERAGES, UNCERTAIN_POLICIES, ce_metrics, polarity_analysis
 from evaluation.inputs import check_unique_ids
 from evaluation.outputs import write_labels_csv, write_metrics_json, write_reports_csv, write_summary_md
-from rewards.labels import Labeler, validate_codes
+from rewards.labels import Labeler, label_with_progress
 
 
 def label_reports(labeler: Labeler, texts: Sequence[str], what: str) -> np.ndarray:
     """Run the labeler and check it returned one valid row of 14 codes per text."""
-    codes = validate_codes(labeler.label(list(texts)))
+    codes = label_with_progress(labeler, texts, desc=f"label {what}")
     if codes.shape[0] != len(texts):
         raise ValueError(f"labeler returned {codes.shape[0]} label rows for {len(texts)} {what}")
     return codes

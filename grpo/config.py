@@ -133,6 +133,14 @@ class SFTConfig:
 
 
 @dataclass
+class LogConfig:
+    tensorboard: str = "auto"  # auto: events when tensorboard imports (the `log` extra) | on | off
+    wandb: bool = False  # also send every metrics.jsonl key to Weights & Biases (WANDB_MODE=offline works)
+    wandb_project: str = "mrg-grpo"
+    wandb_run_name: str | None = None  # None: output_dir
+
+
+@dataclass
 class TrainConfig:
     mode: str = "grpo"  # grpo | sft
     seed: int = 0
@@ -153,6 +161,26 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+def config_sections(cls: type = None, prefix: str = "") -> list[tuple[str, type, list[str]]]:
+    """``(section, dataclass, plain keys)`` for the top level and every nested section, in declaration
+    order: what ``train.py --help`` lists, each section pointing at the class that documents its keys."""
+    cls = cls or TrainConfig
+    hints = typing.get_type_hints(cls)
+    fields = dataclasses.fields(cls)
+    out = [
+        (
+            prefix.rstrip(".") or "(top level)",
+            cls,
+            [f.name for f in fields if not dataclasses.is_dataclass(hints[f.name])],
+        )
+    ]
+    for f in fields:
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += config_sections(hints[f.name], f"{prefix}{f.name}.")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -392,4 +420,8 @@ def validate(cfg: TrainConfig) -> None:
     _require(
         r.uncertain_as in ("positive", "negative"),
         f"reward.uncertain_as: expected positive or negative, got {r.uncertain_as!r}",
+    )
+    _require(
+        cfg.log.tensorboard in ("auto", "on", "off"),
+        f"log.tensorboard: expected auto, on or off, got {cfg.log.tensorboard!r}",
     )

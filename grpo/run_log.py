@@ -1,4 +1,6 @@
-"""What a run writes as it goes (rank 0 only): metrics.jsonl, TensorBoard events, sample completions.
+"""What a run writes as it goes (rank 0 only): metrics.jsonl, sample completions, and the same metrics as
+TensorBoard events (``log.tensorboard``, the ``log`` extra) and to Weights & Biases (``log.wandb=true``;
+``WANDB_MODE=offline`` keeps the run local for a later ``wandb sync``).
 
 ``metrics.jsonl`` holds one JSON object per logged optimizer step. The keys and what they tell:
 
@@ -26,36 +28,46 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import uuid
 from pathlib import Path
+
+from grpo.config import LogConfig
 
 log = logging.getLogger(__name__)
 
 
+WANDB_ID_FILE = "wandb-run-id.txt"  # a resumed run continues the same W&B run
+
+
 class RunLog:
-    def __init__(self, run_dir: Path, enabled: bool):
+    def __init__(self, run_dir: Path, enabled: bool, options: LogConfig | None = None,
+                 config: dict | None = None):  # fmt: skip
+        """``options``: the config's ``log`` section; ``config``: the resolved config, stored with a W&B run."""
         self.enabled = enabled
         self.run_dir = Path(run_dir)
         self._tb = None
+        self._wandb = None
         if not enabled:
             return
+        options = options or LogConfig()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
-            log.info("TensorBoard events in %s", self.run_dir / "tensorboard")
-        except ImportError:
-            log.info("tensorboard is not installed: metrics go to metrics.jsonl only")
+        if options.tensorboard != "off":
+            self._tb = _tensorboard_writer(self.run_dir / "tensorboard", required=options.tensorboard == "on")
+        if options.wandb:
+            self._wandb = _wandb_run(self.run_dir, options, config)
 
     def metrics(self, row: dict) -> None:
         if not self.enabled:
             return
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
+        scalars = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}
         if self._tb is not None:
-            for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self._tb.add_scalar(key, value, row["step"])
+            for key, value in scalars.items():
+                self._tb.add_scalar(key, value, row["step"])
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=row["step"])
 
     def samples(self, step: int, rows: list[dict]) -> None:
         if not self.enabled:
@@ -81,3 +93,38 @@ class RunLog:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+def _tensorboard_writer(folder: Path, required: bool):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        if required:
+            raise ImportError(
+                "log.tensorboard=on needs tensorboard: pip install -e '.[log]' (or log.tensorboard=off)"
+            ) from None
+        log.info("tensorboard is not installed (pip install -e '.[log]'): metrics go to metrics.jsonl only")
+        return None
+    log.info("TensorBoard events in %s", folder)
+    return SummaryWriter(str(folder))
+
+
+def _wandb_run(run_dir: Path, options: LogConfig, config: dict | None):
+    """A W&B run logging into ``run_dir/wandb``; the mode (online / offline) is wandb's own, e.g. WANDB_MODE."""
+    try:
+        import wandb
+    except ImportError:
+        raise ImportError(
+            "log.wandb=true needs wandb: pip install -e '.[wandb]' (or log.wandb=false)"
+        ) from None
+    id_file = run_dir / WANDB_ID_FILE
+    run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
+    id_file.write_text(run_id + "\n")
+    run = wandb.init(project=options.wandb_project, name=options.wandb_run_name or str(run_dir),
+                     id=run_id, resume="allow", dir=str(run_dir), config=config)  # fmt: skip
+    log.info("Weights & Biases run %s (project %s, mode %s)", run_id, options.wandb_project,
+             os.environ.get("WANDB_MODE", "online"))  # fmt: skip
+    return run

@@ -116,7 +116,7 @@ class Trainer:
         self.reward = reward_fn or (self._build_reward() if cfg.mode == "grpo" else None)
         self.prompt_cfg = cfg.data.prompt
         self.step = 0
-        self.run_log = RunLog(self.run_dir, enabled=self.dist.is_main)
+        self.run_log = RunLog(self.run_dir, enabled=self.dist.is_main, options=cfg.log, config=to_dict(cfg))
         if resume:
             self._resume()
         elif self.dist.is_main:

@@ -15,11 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rewards.labelers import LABELER_NAMES, make_labeler
-from rewards.labels import OBSERVATIONS, codes_to_csv_rows
+from rewards.labels import OBSERVATIONS, codes_to_csv_rows, label_with_progress
 
 EXIT_BAD_INPUT = 2
 ID_COLUMN = "id"
-CHUNK_ROWS = 4096  # label in chunks so progress is steady and memory stays flat on large files
 
 
 class InputError(Exception):
@@ -82,9 +81,7 @@ def run(args: argparse.Namespace) -> int:
         labeler = make_labeler(args.labeler, args.chexbert, args.tokenizer, args.device, args.batch_size)
     except (OSError, ValueError) as error:
         raise InputError(str(error)) from None
-    rows: list[list[int | None]] = []
-    for start in range(0, len(texts), CHUNK_ROWS):
-        rows.extend(codes_to_csv_rows(labeler.label(texts[start : start + CHUNK_ROWS])))
+    rows = codes_to_csv_rows(label_with_progress(labeler, texts, desc=f"label ({args.labeler})"))
     write_labels(args.out, ids, rows)
     print(
         f"labeled {len(texts)} reports from {args.input} with {args.labeler} -> {args.out}", file=sys.stderr

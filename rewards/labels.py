@@ -69,7 +69,9 @@ def code_to_csv(code: int) -> int | None:
     try:
         return _TO_CSV[int(code)]
     except KeyError:
-        raise ValueError(f"unknown label code {code!r}; expected 0 blank, 1 pos, 2 neg, 3 uncertain") from None
+        raise ValueError(
+            f"unknown label code {code!r}; expected 0 blank, 1 pos, 2 neg, 3 uncertain"
+        ) from None
 
 
 def csv_to_code(value: object) -> int:
@@ -115,3 +117,23 @@ def binarize(codes: np.ndarray, uncertain_as: str = "positive") -> np.ndarray:
     if uncertain_as == "positive":
         present |= codes == UNCERTAIN
     return present.astype(np.int64)
+
+
+PROGRESS_MIN_REPORTS = 500  # label at least this many reports and a progress bar shows on stderr
+PROGRESS_CHUNK = 512  # reports per labeler call when a bar is shown
+
+
+def label_with_progress(labeler: Labeler, texts: Sequence[str], desc: str = "label") -> np.ndarray:
+    """``labeler.label(texts)``, in chunks under a tqdm bar when there are many reports (same codes)."""
+    texts = list(texts)
+    if len(texts) < PROGRESS_MIN_REPORTS:
+        return validate_codes(labeler.label(texts))
+    from tqdm import tqdm
+
+    chunks = []
+    with tqdm(total=len(texts), desc=desc, unit="report") as bar:
+        for start in range(0, len(texts), PROGRESS_CHUNK):
+            chunk = texts[start : start + PROGRESS_CHUNK]
+            chunks.append(validate_codes(labeler.label(chunk)))
+            bar.update(len(chunk))
+    return np.concatenate(chunks)
