@@ -11,6 +11,9 @@ Modes (exactly one):
   --compare DIR1 DIR2 ...  print the Table II-style comparison of evaluation folders
       python evaluate.py --compare eval/base eval/grpo [--table-average macro] [--subset 14]
 
+  --paper-table DIR ...    the paper's Table I (Method, IU X-Ray P/R/F1, MIMIC-CXR P/R/F1) from evaluation folders
+      python evaluate.py --paper-table eval/iu eval/mimic [--table-average macro] [--uncertain-as negative]
+
   --run RUNDIR --curves    draw a training run's curves from RUNDIR/metrics.jsonl to PNG
       python evaluate.py --run runs/demo --curves [--out DIR]
 
@@ -38,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--predictions", type=Path, metavar="FILE.csv", help="score the reports in this CSV")
     mode.add_argument("--compare", nargs="+", type=Path, metavar="DIR", help="compare evaluation folders")
+    mode.add_argument(
+        "--paper-table", nargs="+", type=Path, metavar="DIR",
+        help="print the paper's Table I columns from evaluation folders scored with --dataset iu_xray|mimic_cxr",
+    )  # fmt: skip
     mode.add_argument(
         "--run", "--run-dir", dest="run", type=Path, metavar="RUNDIR",
         help="a training run folder (with --curves or to generate); under torchrun spell it --run-dir, "
@@ -186,6 +193,17 @@ def run_compare_mode(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_paper_table_mode(args: argparse.Namespace) -> int:
+    from evaluation.ce_table import paper_table_markdown
+
+    table = paper_table_markdown(args.paper_table, average=args.table_average, uncertain_as=args.uncertain_as)
+    print(table)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "paper_table.md").write_text(table, encoding="utf-8")
+    return 0
+
+
 def run_curves_mode(args: argparse.Namespace) -> int:
     from evaluation.plots import PlotsUnavailable, plot_training_curves
 
@@ -239,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_predictions_mode(args)
         if args.compare is not None:
             return run_compare_mode(args)
+        if args.paper_table is not None:
+            return run_paper_table_mode(args)
         if args.curves:
             return run_curves_mode(args)
         return run_generation_mode(args)

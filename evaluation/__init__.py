@@ -5,6 +5,9 @@
 metrics.json
     ``method``, ``dataset``, ``n_reports``, ``labeler``, ``uncertain_as`` ("negative" | "positive");
     ``ce -> "14" | "5" -> "micro" | "macro" | "example" -> "precision" | "recall" | "f1"`` (fractions);
+    ``ce_field -> by_convention -> "negative" | "positive" -> (the ``ce`` layout)`` and ``ce_field -> figures``:
+    micro-F1 / macro-F1 over 14 and micro-F1 over 5 under both conventions, each record naming its
+    ``labeler`` and ``uncertain_as`` (evaluation.ce_table);
     ``per_label -> <observation> -> precision, recall, f1, support, predicted``;
     ``polarity -> <observation> | "total" -> both_blank, agree, reversal_pos_to_neg, reversal_neg_to_pos,
     uncertainty_mismatch, omission, unsupported`` (a partition of the report-label pairs) plus the

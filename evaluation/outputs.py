@@ -195,6 +195,10 @@ def summary_markdown(metrics: dict, table_average: str = "macro") -> str:
         f"{settings.get('zero_division', 0)} (zero_division)."
     )
     out += ["", "## Table I layout", "", headline_markdown(metrics, table_average)]
+    if metrics.get("ce_field"):  # the three F1 figures papers compare on, under both conventions
+        from evaluation.ce_table import field_figures_markdown
+
+        out += ["## CE F1 as papers report it", "", field_figures_markdown(metrics["ce_field"])]
     out += [
         "## Every CE average (%)",
         "",

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from evaluation.ce import AVERAGES, UNCERTAIN_POLICIES, ce_metrics, polarity_analysis
+from evaluation.ce_table import field_figures
 from evaluation.inputs import check_unique_ids
 from evaluation.outputs import write_labels_csv, write_metrics_json, write_reports_csv, write_summary_md
 from rewards.labels import Labeler, label_with_progress
@@ -118,6 +119,7 @@ def score_reports(
         "labeler": name,
         "uncertain_as": uncertain_as,
         "ce": {"14": ce["14"], "5": ce["5"]},
+        "ce_field": field_figures(reference_codes, predicted_codes, name, zero_division),
         "per_label": ce["per_label"],
         "polarity": polarity_analysis(reference_codes, predicted_codes),
     }
