@@ -7,9 +7,12 @@ Modes (exactly one):
       [--references REFS.csv] [--id-column id --reference-column reference --prediction-column prediction]
       [--generated-column generated] [--extract-report] [--labeler rules|chexbert --chexbert chexbert.pth --tokenizer DIR]
       [--uncertain-as negative|positive] [--no-nlg | --no-meteor] [--no-plots] [--method NAME --dataset NAME]
+      [--truth annotation.json]   # also score against the true labels (the synthetic world's), one report per study
 
-  --compare DIR1 DIR2 ...  print the Table II-style comparison of evaluation folders
-      python evaluate.py --compare eval/base eval/grpo [--table-average macro] [--subset 14]
+  --compare DIR1 DIR2 ...  print the Table II-style comparison of evaluation folders, and each row's F1
+      difference to the first with its paired bootstrap 95 % interval (against the true labels when known)
+      python evaluate.py --compare eval/base eval/sft eval/grpo [--table-average macro] [--subset 14]
+      [--bootstrap 1000 --seed 0]
 
   --paper-table DIR ...    the paper's Table I (Method, IU X-Ray P/R/F1, MIMIC-CXR P/R/F1) from evaluation folders
       python evaluate.py --paper-table eval/iu eval/mimic [--table-average macro] [--uncertain-as negative]
@@ -18,7 +21,8 @@ Modes (exactly one):
       python evaluate.py --run runs/demo --curves [--out DIR]
 
   --run RUNDIR             generate reports with the run's model on a split, then score them
-      python evaluate.py --run runs/demo --split test [--checkpoint N | --no-adapter] [--sample]
+      python evaluate.py --run runs/demo --split test [--checkpoint N | --no-adapter] [--sample] [--all-views]
+      python evaluate.py --run runs/demo/sft --split test   # the demo's SFT stage (a run folder of its own)
       torchrun --nproc_per_node=8 evaluate.py --run-dir RUNDIR --split test   # ranks share the split
 
 With the rule-based labeler nothing here loads torch or transformers.
@@ -67,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     csv_group.add_argument(
         "--generated-column", default=None, help="column with the full model output (for format compliance)"
     )
+    csv_group.add_argument(
+        "--truth", type=Path, metavar="ANNOTATION.json",
+        help="an annotation with true 'labels' (the synthetic world's): also score against them, one report "
+        "per study (ids: entry ids, study ids or <entry id>/<view>; a study's first view is kept)",
+    )  # fmt: skip
 
     scoring = parser.add_argument_group("scoring")
     scoring.add_argument("--labeler", choices=("rules", "chexbert"), default="rules")
@@ -94,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--table-average", choices=AVERAGES, default="macro", help="average shown in summary.md / --compare"
     )
     tables.add_argument("--subset", choices=("14", "5"), default="14", help="label set shown by --compare")
+    tables.add_argument(
+        "--bootstrap", type=int, default=1000, metavar="N",
+        help="--compare: resamples of the paired bootstrap (0: no difference table)",
+    )  # fmt: skip
+    tables.add_argument("--seed", type=int, default=0, help="--compare: seed of the bootstrap resampling")
 
     run_group = parser.add_argument_group("run")
     run_group.add_argument("--curves", action="store_true", help="with --run: draw training curves")
@@ -104,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint", type=int, metavar="STEP", help="a checkpoint's adapter (default: final)"
     )
     run_group.add_argument("--no-adapter", action="store_true", help="evaluate the base model (no adapter)")
+    run_group.add_argument(
+        "--all-views", action="store_true",
+        help="generate and score a report for every image (default: one per study, its first view)",
+    )  # fmt: skip
     run_group.add_argument("--gen-batch-size", type=int, default=8, help="prompts per generate call")
     run_group.add_argument("--max-new-tokens", type=int, help="default: the run's sampling.max_new_tokens")
     run_group.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
@@ -126,7 +144,9 @@ def build_labeler(args: argparse.Namespace):
     )
 
 
-def score_with_args(args, ids, references, predictions, generated, out_dir, method, settings) -> dict:
+def score_with_args(
+    args, ids, references, predictions, generated, out_dir, method, settings, truth=None
+) -> dict:
     """evaluation.score_reports with the scoring options of the command line (both ways in use it)."""
     from evaluation.score import score_reports
 
@@ -134,13 +154,12 @@ def score_with_args(args, ids, references, predictions, generated, out_dir, meth
         ids, references, predictions, generated, labeler=build_labeler(args), out_dir=out_dir,
         uncertain_as=args.uncertain_as, nlg=not args.no_nlg, meteor=False if args.no_meteor else "auto",
         plots=not args.no_plots, labeler_name=args.labeler, method=method, dataset=args.dataset,
-        table_average=args.table_average, settings=settings,
+        table_average=args.table_average, settings=settings, truth_codes=truth,
     )  # fmt: skip
 
 
 def run_predictions_mode(args: argparse.Namespace) -> int:
     from evaluation.inputs import align_by_id, read_columns
-    from evaluation.outputs import headline_markdown
 
     if args.out is None:
         raise SystemExit("error: --predictions needs --out DIR")
@@ -164,6 +183,17 @@ def run_predictions_mode(args: argparse.Namespace) -> int:
 
         generated = generated if generated is not None else prediction_texts
         prediction_texts = [extract_report(text) for text in prediction_texts]
+    truth = None
+    if args.truth is not None:
+        from evaluation.truth import match_truth, read_truth
+
+        kept, truth = match_truth(ids, read_truth(args.truth), str(args.predictions))
+        if len(kept) < len(ids):
+            print(f"scoring one report per study: {len(kept)} of {len(ids)} rows (each study's first view)")
+        ids, reference_texts, prediction_texts = (
+            [x[i] for i in kept] for x in (ids, reference_texts, prediction_texts)
+        )
+        generated = [generated[i] for i in kept] if generated is not None else None
 
     metrics = score_with_args(
         args, ids, reference_texts, prediction_texts, generated, args.out, args.method,
@@ -173,20 +203,38 @@ def run_predictions_mode(args: argparse.Namespace) -> int:
             "predictions_file": str(args.predictions),
             "references_file": str(args.references or args.predictions),
             "chexbert": str(args.chexbert) if args.chexbert else None,
+            "truth_file": str(args.truth) if args.truth else None,
         },
+        truth=truth,
     )  # fmt: skip
-    print(headline_markdown(metrics, args.table_average))
+    print_headline(metrics, args.table_average)
     print(
         f"\nwrote {args.out}/: metrics.json labels.csv reports.csv summary.md {' '.join(metrics.get('plots', []))}"
     )
     return 0
 
 
+def print_headline(metrics: dict, table_average: str) -> None:
+    from evaluation.outputs import headline_markdown
+    from evaluation.truth import truth_markdown
+
+    print(headline_markdown(metrics, table_average))
+    if "truth" in metrics:
+        print(truth_markdown(metrics))
+
+
 def run_compare_mode(args: argparse.Namespace) -> int:
+    from evaluation.bootstrap import difference_markdown
     from evaluation.outputs import compare_markdown
 
     table = compare_markdown(args.compare, average=args.table_average, subset=args.subset)
     print(table)
+    if args.bootstrap > 0:
+        differences = difference_markdown(
+            args.compare, subset=args.subset, n_resamples=args.bootstrap, seed=args.seed
+        )
+        print(differences)
+        table += "\n" + differences
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "compare.md").write_text(table, encoding="utf-8")
@@ -215,11 +263,20 @@ def run_curves_mode(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_method(args: argparse.Namespace, which: str) -> str:
+    """Row name: Base, or the run's stage (SFT for the demo's sft/ folder, else GRPO) and adapter."""
+    import yaml
+
+    if args.no_adapter:
+        return "Base"
+    mode = (yaml.safe_load((args.run / "config.yaml").read_text()) or {}).get("mode", "grpo")
+    return f"{'SFT' if mode == 'sft' else 'GRPO'} ({which})"
+
+
 def run_generation_mode(args: argparse.Namespace) -> int:
     """Generate a report per sample of a split with the run's model (greedy by default), extract the
     <report> text, and score it like --predictions. Resumable; under torchrun, ranks share the split."""
     from evaluation.generate import Decoding, generate_split
-    from evaluation.outputs import headline_markdown
     from rewards.format import extract_report
 
     if args.run is None:
@@ -230,19 +287,25 @@ def run_generation_mode(args: argparse.Namespace) -> int:
     out = args.out or args.run / f"eval-{args.split}-{which}"
     decoding = Decoding(args.max_new_tokens, args.sample, args.temperature, args.top_p, args.gen_batch_size)
     rows = generate_split(
-        args.run, args.split, out, args.checkpoint, args.no_adapter, decoding, args.gen_device
-    )
+        args.run, args.split, out, args.checkpoint, args.no_adapter, decoding, args.gen_device,
+        per_study=not args.all_views,
+    )  # fmt: skip
     if not rows:  # a non-zero rank under torchrun: rank 0 scores
         return 0
     generated = [row["generated"] for row in rows]
+    import numpy as np
+
+    known = all(row["labels"] is not None for row in rows)
+    # Against the truth only when each report is its own study's (with --all-views a study would count twice).
+    truth = [row["labels"] for row in rows] if known and not args.all_views else None
     metrics = score_with_args(
         args, [row["id"] for row in rows], [row["reference"] for row in rows],
-        [extract_report(t) for t in generated], generated, out,
-        args.method or ("Base" if args.no_adapter else f"GRPO ({which})"),
+        [extract_report(t) for t in generated], generated, out, args.method or default_method(args, which),
         settings={"mode": "generation", "run": str(args.run), "split": args.split, "adapter": which,
-                  "decoding": vars(decoding)},
+                  "decoding": vars(decoding), "per_study": not args.all_views},
+        truth=None if truth is None else np.array(truth),
     )  # fmt: skip
-    print(headline_markdown(metrics, args.table_average))
+    print_headline(metrics, args.table_average)
     print(f"\nwrote {out}/: generations.jsonl metrics.json labels.csv reports.csv summary.md")
     return 0
 

@@ -14,9 +14,17 @@ metrics.json
     sub-counts ``reversals``, ``omitted_positive``, ``unsupported_positive``;
     ``format_compliance -> rate, mean_reward, n`` (when full generated texts are given);
     ``nlg -> BLEU_1..4, ROUGE_L, CIDEr[, METEOR]`` or ``nlg_unavailable`` (why not);
-    ``plots`` (PNG names) or ``plots_unavailable``; ``settings`` (everything the figures depend on).
+    ``plots`` (PNG names) or ``plots_unavailable``; ``settings`` (everything the figures depend on);
+    ``truth`` (when the true labels are known, e.g. the synthetic world): ``ce`` and ``per_label`` against
+    them in the layout above, and ``references_ce``: the reference reports' labels against them.
+    The top-level ``ce`` / ``per_label`` / ``polarity`` are always against the reference reports.
 labels.csv, reports.csv, summary.md, per_label_f1.png, polarity_errors.png
     see evaluation.outputs and evaluation.plots.
+truth.csv
+    the true labels of each scored study (evaluation.truth), when known.
+
+``evaluation.bootstrap`` gives the paired bootstrap interval of a difference in CE-F1 between two models
+(``paired_bootstrap`` on label arrays, ``compare_folders`` on two evaluation folders).
 
 Only numpy is needed; torch is loaded only by a labeler or model that needs it.
 """

@@ -1,5 +1,8 @@
 """Generate a report for every sample of a split with a training run's model (base, checkpoint or final adapter).
 
+One report per study by default (its first view, as R2Gen scores IU X-Ray; evaluation.truth), since a
+study is the unit that is scored; ``per_study=False`` generates for every image.
+
 Resumable: each finished batch is appended to ``<out>/generations[.rankR].jsonl``; ids already there are not
 generated again. Under torchrun each rank takes every world_size-th sample and rank 0 merges the files.
 """
@@ -63,9 +66,10 @@ def _read_done(path: Path) -> dict[str, dict]:
 
 def generate_split(
     run_dir: Path, split: str, out_dir: Path, checkpoint: int | None = None, no_adapter: bool = False,
-    decoding: Decoding | None = None, device: str = "auto",
+    decoding: Decoding | None = None, device: str = "auto", per_study: bool = True,
 ) -> list[dict]:  # fmt: skip
-    """Rows ``{"id", "study_id", "reference", "generated"}`` for every sample of ``split`` (rank 0 gets all)."""
+    """Rows ``{"id", "study_id", "reference", "generated", "labels"}`` for every sample of ``split`` (the
+    first of each study when ``per_study``; rank 0 gets all). ``labels`` are the true codes, or None."""
     from data.batching import collate_prompts
     from grpo import distributed
     from grpo.config import load_config
@@ -82,6 +86,10 @@ def generate_split(
     info = distributed.setup(device)
     d = cfg.data
     samples = d.load_samples(split)
+    if per_study:
+        from evaluation.truth import one_sample_per_study
+
+        samples = one_sample_per_study(samples)
     mine = samples[info.rank :: info.world_size]
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = f".rank{info.rank}" if info.enabled else ""
@@ -154,4 +162,4 @@ def generate_split(
         raise RuntimeError(
             f"{len(missing)} samples have no generation (e.g. {missing[0]}); run again to finish"
         )
-    return [rows[s.id] for s in samples]
+    return [{**rows[s.id], "labels": s.labels} for s in samples]

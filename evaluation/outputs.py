@@ -157,8 +157,8 @@ def table_row(
 def ce_caption(metrics: dict, average: str, subset: str) -> str:
     labels = "the 14 observations" if subset == "14" else "the 5-label subset"
     return (
-        f"CE ({average} average over {labels}; labeler `{metrics.get('labeler', '?')}`; "
-        f"uncertain counted as {metrics.get('uncertain_as', '?')}), in %."
+        f"CE against the reference reports ({average} average over {labels}; "
+        f"labeler `{metrics.get('labeler', '?')}`; uncertain counted as {metrics.get('uncertain_as', '?')}), in %."
     )
 
 

@@ -16,6 +16,7 @@ from evaluation.ce import AVERAGES, UNCERTAIN_POLICIES, ce_metrics, polarity_ana
 from evaluation.ce_table import field_figures
 from evaluation.inputs import check_unique_ids
 from evaluation.outputs import write_labels_csv, write_metrics_json, write_reports_csv, write_summary_md
+from evaluation.truth import TRUTH_FILE, append_truth_summary, truth_figures, write_truth_csv
 from rewards.labels import Labeler, label_with_progress
 
 
@@ -86,6 +87,7 @@ def score_reports(
     table_average: str = "macro",
     zero_division: float = 0,
     settings: dict | None = None,
+    truth_codes: np.ndarray | None = None,
 ) -> dict:
     """Score predicted reports against references and write metrics.json, labels.csv, reports.csv,
     summary.md and (when matplotlib is installed and ``plots``) the per-label F1 and polarity PNGs.
@@ -95,6 +97,8 @@ def score_reports(
     ``nlg`` / ``meteor`` turn the secondary NLG figures / METEOR (java) off.
     ``method`` / ``dataset`` name the Table I row and column group; ``table_average`` picks the average
     summary.md shows in that layout; ``settings`` (e.g. checkpoint, decoding) are stored as given.
+    ``truth_codes`` (``(N, 14)``, when the dataset knows each study's true labels) adds the figures against
+    them: metrics.json's ``truth`` section, truth.csv and a summary.md section (evaluation.truth).
     Returns the metrics dict written to metrics.json.
     """
     ids = [str(i) for i in ids]
@@ -123,6 +127,10 @@ def score_reports(
         "per_label": ce["per_label"],
         "polarity": polarity_analysis(reference_codes, predicted_codes),
     }
+    if truth_codes is not None:
+        metrics["truth"] = truth_figures(
+            truth_codes, reference_codes, predicted_codes, uncertain_as, zero_division
+        )
     if generated_texts is not None:
         metrics["format_compliance"] = format_compliance(generated_texts)
     if nlg:
@@ -148,6 +156,10 @@ def score_reports(
         _draw_plots(metrics, out_dir)
     write_metrics_json(metrics, out_dir)
     write_summary_md(metrics, out_dir, table_average)
+    (out_dir / TRUTH_FILE).unlink(missing_ok=True)  # a stale one would make --compare use the wrong truth
+    if truth_codes is not None:
+        write_truth_csv(ids, truth_codes, out_dir)
+        append_truth_summary(metrics, out_dir)
     return metrics
 
 
