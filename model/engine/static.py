@@ -1,0 +1,225 @@
+"""The fast engine: prefill once per prompt, a static KV cache, a plain-PyTorch decode step on merged weights.
+
+Per call (one micro-batch of B prompts, G samples each, N = B*G rows):
+
+1. Prefill the B prompts through the model's own forward (LoRA active, images as encoded features or pixels):
+   this is the only place images and 3-D RoPE positions are computed. Its KV cache and the RoPE positions it
+   used are captured.
+2. Branch: each prompt's KV rows are copied G times into a preallocated cache of P + max_new_tokens slots
+   (P = padded prompt length); the G samples never recompute the prompt.
+3. Decode: ``decode_step`` runs the text decoder for one token per row with plain tensor ops on
+   ``DecoderWeights``, a separate set of weights where each LoRA-wrapped projection is ``W + scale * B @ A``
+   (computed in float32, rounded once; the trainer's weights are untouched). Text tokens after the prompt sit
+   at the same position on all three RoPE axes: the next position is the prompt's last position + 1 per row
+   (with left padding and images this is not the slot index).
+4. Sample with ``model.engine.sampler`` (same processing as HF generate, inverse-CDF draw); rows stop at
+   their first stop token and are padded after it; the loop ends when every row has stopped.
+
+The decode step has static shapes (the cache is written with ``index_copy_`` at a tensor slot, attention
+spans all slots under a validity mask), so it can be handed to ``torch.compile`` on CUDA.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from model.engine import Generation, SamplingParams
+from model.engine.sampler import choose_tokens
+from model.loading import unwrap_model
+
+log = logging.getLogger(__name__)
+
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+
+
+class Linear:
+    """A projection for decoding: ``x @ weight.T + bias`` plus any unmerged LoRA terms ``scale * x A^T B^T``."""
+
+    __slots__ = ("weight", "bias", "lora")
+
+    def __init__(self, weight, bias=None, lora=()):
+        self.weight, self.bias, self.lora = weight, bias, tuple(lora)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias)
+        for a, b, scale in self.lora:
+            y = y + F.linear(F.linear(x, a), b) * scale
+        return y
+
+
+def rollout_linear(module: torch.nn.Module, merge: bool) -> Linear:
+    """The decoding view of a (possibly peft-wrapped) nn.Linear: active LoRA adapters merged into a new weight
+    tensor (``merge``) or kept as separate terms. Adapters peft has disabled or already merged are skipped."""
+    base = getattr(module, "base_layer", None)
+    if base is None:
+        return Linear(module.weight, module.bias)
+    adapters = []
+    if not module.disable_adapters and not module.merged:
+        adapters = [name for name in module.active_adapters if name in module.lora_A]
+    for name in adapters:
+        if module.use_dora.get(name, False):
+            raise NotImplementedError("sampling.engine=static does not support DoRA adapters; use engine=hf")
+    if not adapters:
+        return Linear(base.weight, base.bias)
+    if merge:
+        weight = base.weight.float()
+        for name in adapters:
+            weight = weight + module.get_delta_weight(name).float()  # new tensor: base.weight stays as it is
+        return Linear(weight.to(base.weight.dtype), base.bias)
+    terms = [(module.lora_A[n].weight, module.lora_B[n].weight, module.scaling[n]) for n in adapters]
+    return Linear(base.weight, base.bias, terms)
+
+
+class DecoderWeights:
+    """Everything ``decode_step`` reads, taken from a Qwen2.5-VL text model (bare or peft-wrapped)."""
+
+    def __init__(self, model, merge_lora: bool = True):
+        text = unwrap_model(model).model.language_model
+        config = text.config
+        if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or []):
+            raise NotImplementedError("sampling.engine=static: sliding-window layers are not supported")
+        self.embed = text.embed_tokens.weight
+        self.lm_head = unwrap_model(model).lm_head.weight
+        self.norm = text.norm
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        rotary = text.rotary_emb
+        self.inv_freq, self.rope_scaling, self.mrope_section = (
+            rotary.inv_freq, rotary.attention_scaling, list(rotary.mrope_section)
+        )  # fmt: skip
+        self.layers = []
+        for layer in text.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            proj = {n: rollout_linear(getattr(attn, n), merge_lora) for n in ATTENTION_PROJECTIONS}
+            proj.update({n: rollout_linear(getattr(mlp, n), merge_lora) for n in MLP_PROJECTIONS})
+            proj.update(norm1=layer.input_layernorm, norm2=layer.post_attention_layernorm, act=mlp.act_fn)
+            self.layers.append(proj)
+
+    def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``positions`` (3, N) -> cos, sin (N, 1, 1, head_dim): Qwen2.5-VL's multimodal RoPE, whose frequency
+        bands take their position from the temporal, height and width axes in turn (``mrope_section``)."""
+        freqs = positions[..., None].float() * self.inv_freq.float()  # (3, N, head_dim / 2)
+        bands = freqs.split(self.mrope_section, dim=-1)
+        freqs = torch.cat([band[i % 3] for i, band in enumerate(bands)], dim=-1)
+        angles = torch.cat((freqs, freqs), dim=-1)[:, None, None, :]
+        return (angles.cos() * self.rope_scaling).to(dtype), (angles.sin() * self.rope_scaling).to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def decode_step(
+    w: DecoderWeights, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor,
+    tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor,
+) -> torch.Tensor:  # fmt: skip
+    """One token per row through the text decoder. ``keys``/``values`` (L, N, kv_heads, S, head_dim) are
+    written at ``slot`` (a 1-element long tensor); ``valid`` (N, S) marks the slots each row attends to
+    (its real prompt tokens and its completion so far, this slot included). Returns (N, vocab) logits."""
+    n = tokens.shape[0]
+    x = F.embedding(tokens, w.embed)[:, None, :]  # (N, 1, hidden)
+    cos, sin = w.rope(positions, x.dtype)
+    mask = valid[:, None, None, :]
+    for index, p in enumerate(w.layers):
+        h = p["norm1"](x)
+        q = p["q_proj"](h).view(n, 1, w.heads, w.head_dim).transpose(1, 2)
+        k = p["k_proj"](h).view(n, 1, w.kv_heads, w.head_dim).transpose(1, 2)
+        v = p["v_proj"](h).view(n, 1, w.kv_heads, w.head_dim).transpose(1, 2)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        keys[index].index_copy_(2, slot, k)
+        values[index].index_copy_(2, slot, v)
+        attended = F.scaled_dot_product_attention(
+            q, keys[index], values[index], attn_mask=mask, scale=w.head_dim**-0.5, enable_gqa=True
+        )
+        x = x + p["o_proj"](attended.transpose(1, 2).reshape(n, 1, w.heads * w.head_dim))
+        h = p["norm2"](x)
+        x = x + p["down_proj"](p["act"](p["gate_proj"](h)) * p["up_proj"](h))
+    return F.linear(w.norm(x)[:, 0], w.lm_head)
+
+
+class StaticEngine:
+    name = "static"
+
+    def __init__(self, merge_lora: bool = True, compile_decode: bool = False):
+        self.merge_lora = merge_lora
+        self.compile_decode = compile_decode
+        self._compiled = None
+
+    def _step_function(self, device: torch.device):
+        if not (self.compile_decode and device.type == "cuda"):
+            return decode_step  # CPU (or compile off): eager
+        if self._compiled is None:
+            self._compiled = torch.compile(decode_step, dynamic=True)
+            log.info("static engine: decode step compiled with torch.compile")
+        return self._compiled
+
+    @torch.no_grad()
+    def generate(self, model, prompts: dict, params: SamplingParams, images=None) -> Generation:
+        """Same contract as HFEngine.generate; also returns each sampled token's log-prob."""
+        G, T = params.num_samples, params.max_new_tokens
+        logits, keys, values, next_positions = prefill(model, prompts, images)
+        batch, prompt_len = prompts["input_ids"].shape
+        n, device = batch * G, logits.device
+
+        # branch: G rows per prompt share its prompt cache (copied into the static cache)
+        shape = (keys.shape[0], n, keys.shape[2], prompt_len + T, keys.shape[4])
+        key_cache = keys.new_zeros(shape)
+        value_cache = values.new_zeros(shape)
+        key_cache[:, :, :, :prompt_len] = keys.repeat_interleave(G, dim=1)
+        value_cache[:, :, :, :prompt_len] = values.repeat_interleave(G, dim=1)
+        del keys, values
+        valid = torch.zeros(n, prompt_len + T, dtype=torch.bool, device=device)
+        valid[:, :prompt_len] = prompts["attention_mask"].bool().repeat_interleave(G, dim=0)
+        positions = next_positions.repeat_interleave(G, dim=1)  # (3, N)
+        logits = logits.repeat_interleave(G, dim=0)
+
+        weights = DecoderWeights(model, merge_lora=self.merge_lora)
+        step = self._step_function(device)
+        as_ids = {"dtype": torch.long, "device": device}
+        stop_ids = torch.tensor(params.stop_ids, **as_ids)
+        suppress_ids = torch.tensor(params.suppress_ids, **as_ids)
+        tokens = torch.full((n, T), params.pad_id, **as_ids)
+        logprobs = torch.zeros(n, T, dtype=torch.float32, device=device)
+        finished = torch.zeros(n, dtype=torch.bool, device=device)
+        steps = T
+        for t in range(T):
+            chosen, logp = choose_tokens(
+                logits, do_sample=params.do_sample, temperature=params.temperature, top_p=params.top_p,
+                suppress_ids=suppress_ids, stop_ids=stop_ids, block_stop=t < params.min_new_tokens,
+            )  # fmt: skip
+            chosen = chosen.masked_fill(finished, params.pad_id)  # HF: rows that stopped get pad
+            tokens[:, t] = chosen
+            logprobs[:, t] = logp.masked_fill(finished, 0.0)
+            finished |= torch.isin(chosen, stop_ids)
+            if t == T - 1 or bool(finished.all()):
+                steps = t + 1
+                break
+            slot = torch.tensor([prompt_len + t], **as_ids)
+            valid[:, prompt_len + t] = True
+            logits = step(weights, key_cache, value_cache, valid, chosen, positions + t, slot)
+        return Generation(tokens=tokens[:, :steps], logprobs=logprobs[:, :steps])
+
+
+def prefill(model, prompts: dict, images=None):
+    """Run the B prompts once through the model's own forward. Returns the last position's logits (B, V),
+    the keys and values (L, B, kv_heads, P, head_dim), and the RoPE position (3, B) of the first new token."""
+    text = unwrap_model(model).model.language_model
+    used: list[torch.Tensor] = []
+    hook = text.rotary_emb.register_forward_pre_hook(lambda _m, args: used.append(args[1]))
+    try:
+        extra = images.model_kwargs() if images is not None else {}
+        out = model(**prompts, **extra, use_cache=True, logits_to_keep=1)
+    finally:
+        hook.remove()
+    cache = out.cache
+    keys = torch.stack([layer.keys for layer in cache.layers])
+    values = torch.stack([layer.values for layer in cache.layers])
+    positions = used[0].expand(3, -1, -1)  # (3, B, P); left padding: the last column is a real token
+    return out.logits[:, -1], keys, values, positions[:, :, -1] + 1
