@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_group.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     run_group.add_argument("--temperature", type=float, default=1.0, help="with --sample")
     run_group.add_argument("--top-p", type=float, default=1.0, help="with --sample")
+    run_group.add_argument("--engine", choices=("static", "hf"), help="rollout engine (default: the run's)")
     run_group.add_argument("--gen-device", default="auto", help="auto | cpu | cuda (the model's device)")
     return parser
 
@@ -285,7 +286,9 @@ def run_generation_mode(args: argparse.Namespace) -> int:
         "base" if args.no_adapter else f"step-{args.checkpoint}" if args.checkpoint is not None else "final"
     )
     out = args.out or args.run / f"eval-{args.split}-{which}"
-    decoding = Decoding(args.max_new_tokens, args.sample, args.temperature, args.top_p, args.gen_batch_size)
+    decoding = Decoding(
+        args.max_new_tokens, args.sample, args.temperature, args.top_p, args.gen_batch_size, args.engine
+    )
     rows = generate_split(
         args.run, args.split, out, args.checkpoint, args.no_adapter, decoding, args.gen_device,
         per_study=not args.all_views,

@@ -27,6 +27,7 @@ class Decoding:
     temperature: float = 1.0
     top_p: float = 1.0
     batch_size: int = 8
+    engine: str | None = None  # None: the run's sampling.engine (model/engine: static | hf)
 
 
 def resolve_adapter(run_dir: Path, checkpoint: int | None, no_adapter: bool) -> Path | None:
@@ -74,6 +75,7 @@ def generate_split(
     from grpo import distributed
     from grpo.config import load_config
     from grpo.trainer import split_completions, stop_token_ids
+    from model.engine import SamplingParams, make_engine
     from model.loading import load_model_and_processor, vision_token_ids
     from model.lora import load_adapter
 
@@ -109,14 +111,16 @@ def generate_split(
             model = load_adapter(model, adapter, is_trainable=False).merge_and_unload()
         model.eval()
         tokenizer = processor.tokenizer
-        stops = stop_token_ids(model, tokenizer)
-        suppress = vision_token_ids(processor)
-        sampling = {
-            "do_sample": True,
-            "temperature": decoding.temperature,
-            "top_p": decoding.top_p,
-            "top_k": 0,
-        }
+        engine_name = decoding.engine or cfg.sampling.engine
+        engine = make_engine(engine_name, compile_decode=cfg.sampling.compile_decode)
+        log.info("generation engine: %s", engine_name)
+        # every field that shapes the distribution comes from here, none from the checkpoint
+        params = SamplingParams(
+            max_new_tokens=decoding.max_new_tokens or cfg.sampling.max_new_tokens,
+            stop_ids=tuple(stop_token_ids(model, tokenizer)), pad_id=tokenizer.pad_token_id,
+            suppress_ids=tuple(vision_token_ids(processor)), do_sample=decoding.do_sample,
+            temperature=decoding.temperature, top_p=decoding.top_p,
+        )  # fmt: skip
         with open(part_file, "a") as sink, torch.no_grad():
             batches = range(0, len(todo), decoding.batch_size)
             for start in tqdm(batches, disable=not info.is_main, desc=f"generate {split}"):
@@ -125,15 +129,8 @@ def generate_split(
                     k: v.to(info.device)
                     for k, v in collate_prompts(processor, batch_samples, d.prompt).items()
                 }
-                out = model.generate(
-                    **batch, max_new_tokens=decoding.max_new_tokens or cfg.sampling.max_new_tokens,
-                    eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
-                    suppress_tokens=suppress,
-                    **(sampling if decoding.do_sample else {"do_sample": False}),
-                )  # fmt: skip
-                ids, _, _ = split_completions(
-                    out[:, batch["input_ids"].shape[1] :], stops, tokenizer.pad_token_id
-                )
+                tokens = engine.generate(model, batch, params).tokens
+                ids, _, _ = split_completions(tokens, list(params.stop_ids), tokenizer.pad_token_id)
                 texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
                 for sample, text in zip(batch_samples, texts):
                     row = {

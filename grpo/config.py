@@ -82,6 +82,10 @@ class SamplingConfig:
     max_new_tokens: int = 256
     min_new_tokens: int = 0  # > 0 suppresses EOS before that many tokens (benchmarks force a fixed length)
     mask_truncated: bool = False  # drop completions that hit max_new_tokens without EOS from the loss
+    # rollout engine (model/engine): static (ours: prefill once, static KV cache, merged LoRA) | hf (generate);
+    # both sample the same distribution, hf is the reference and the fallback
+    engine: str = "static"
+    compile_decode: bool = False  # static engine on CUDA: torch.compile its decode step (ignored on CPU)
 
 
 @dataclass
@@ -355,6 +359,7 @@ def validate(cfg: TrainConfig) -> None:
     )
     _require(s.temperature > 0, f"sampling.temperature: must be > 0, got {s.temperature}")
     _require(0 < s.top_p <= 1, f"sampling.top_p: must be in (0, 1], got {s.top_p}")
+    _require(s.engine in ("hf", "static"), f"sampling.engine: expected hf or static, got {s.engine!r}")
     _require(s.max_new_tokens >= 1, f"sampling.max_new_tokens: must be >= 1, got {s.max_new_tokens}")
     _require(
         0 <= s.min_new_tokens <= s.max_new_tokens,

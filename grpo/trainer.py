@@ -40,6 +40,7 @@ from grpo.logprobs import token_logprobs_from_hidden
 from grpo.loss import grpo_loss
 from grpo.run_log import RunLog
 from grpo.sampler import ShardedBatches
+from model.engine import SamplingParams, make_engine
 from model.loading import (
     ImageFeatures,
     encode_images,
@@ -68,6 +69,7 @@ class Rollout:
     prompt_len: int
     completion_ids: torch.Tensor  # (B*G, T)
     completion_mask: torch.Tensor  # (B*G, T) bool, EOS included
+    sample_logp: torch.Tensor | None  # (B*G, T) the engine's own log-probs of the tokens (None: hf engine)
     loss_mask: torch.Tensor  # completion_mask, minus truncated rows when sampling.mask_truncated
     advantages: torch.Tensor  # (B*G,)
     ref_logp: torch.Tensor | None
@@ -97,6 +99,14 @@ class Trainer:
         self.tokenizer = self.processor.tokenizer
         self.stop_ids = stop_token_ids(self.model, self.tokenizer)
         self.suppress_ids = vision_token_ids(self.processor)
+        s = cfg.sampling
+        self.engine = make_engine(s.engine, compile_decode=s.compile_decode)
+        self.sampling_params = SamplingParams(
+            max_new_tokens=s.max_new_tokens, stop_ids=tuple(self.stop_ids), pad_id=self.tokenizer.pad_token_id,
+            suppress_ids=tuple(self.suppress_ids), temperature=s.temperature, top_p=s.top_p,
+            min_new_tokens=s.min_new_tokens, num_samples=s.group_size,
+        )  # fmt: skip
+        log.info("rollout engine: %s (sampling.engine)", s.engine)
         self.ddp = (
             DistributedDataParallel(
                 self.model, device_ids=[self.dist.local_rank] if self.dist.device.type == "cuda" else None
@@ -237,18 +247,12 @@ class Trainer:
         prompt_len = prompts["input_ids"].shape[1]
 
         self.model.eval()  # no LoRA dropout while sampling
-        generated = self.model.generate(
-            **prompts, **(images.model_kwargs() if images else {}),
-            do_sample=True, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p, top_k=0,
-            max_new_tokens=cfg.sampling.max_new_tokens, min_new_tokens=cfg.sampling.min_new_tokens,
-            num_return_sequences=G,
-            eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id,
-            suppress_tokens=self.suppress_ids, use_cache=True,
-        )  # fmt: skip
+        generated = self.engine.generate(self.model, prompts, self.sampling_params, images=images)
         self.model.train()
         completion_ids, completion_mask, truncated = split_completions(
-            generated[:, prompt_len:], self.stop_ids, self.tokenizer.pad_token_id
+            generated.tokens, self.stop_ids, self.tokenizer.pad_token_id
         )
+        sample_logp = generated.logprobs * completion_mask if generated.logprobs is not None else None
         timings["time/generate"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -286,6 +290,8 @@ class Trainer:
         timings["time/logprob_ref"] = time.perf_counter() - t
 
         stats = self._rollout_stats(scored, rewards, advantages, completion_mask, truncated, texts, G)
+        if old_logp is not None and sample_logp is not None:
+            stats["logprob_gap"] = logprob_gap_sum(old_logp, sample_logp, completion_mask)
         stats.update(timings)
         examples = [
             {
@@ -296,7 +302,7 @@ class Trainer:
             }
             for i in range(min(len(texts), 2 * G))
         ]
-        return Rollout(inputs, row_images, prompt_len, completion_ids, completion_mask, loss_mask,
+        return Rollout(inputs, row_images, prompt_len, completion_ids, completion_mask, sample_logp, loss_mask,
                        advantages, ref_logp, old_logp, stats, examples)  # fmt: skip
 
     def _rollout_stats(self, scored, rewards, advantages, mask, truncated, texts, G) -> dict[str, float]:
@@ -344,6 +350,10 @@ class Trainer:
                     max_length=self.cfg.sampling.max_new_tokens,
                 )  # fmt: skip
                 (loss / len(rollouts)).backward()
+            if ro.old_logp is None and ro.sample_logp is not None:  # mu = 1: this is the first recomputation
+                sums["logprob_gap"] = sums.get("logprob_gap", 0.0) + logprob_gap_sum(
+                    logp.detach(), ro.sample_logp, ro.completion_mask
+                )
             sums["loss"] = sums.get("loss", 0.0) + loss.item() / len(rollouts)
             for key in ("kl", "clip_frac", "clip_frac_low", "clip_frac_high", "ratio_mean"):
                 if key == "kl" and ro.ref_logp is None:
@@ -462,6 +472,8 @@ class Trainer:
             row["truncated_frac"] = total["truncated"] / n
             row["format_ok"] = total["format_ok"] / n
         row["completion_len"] = total.get("completion_tokens", 0.0) / n
+        if "logprob_gap" in total:  # mean |engine log-prob - recomputed log-prob| per completion token
+            row["rollout/logprob_gap"] = total["logprob_gap"] / max(total.get("completion_tokens", 0.0), 1.0)
         row["grad_norm"] = grad_norm
         row["lr"] = lr
         row["step_time_s"] = distributed.all_reduce_max(step_time, self.dist.device)
@@ -509,6 +521,13 @@ class Trainer:
 
 
 # ------------------------------------------------------------------------------------------- helpers
+
+
+def logprob_gap_sum(recomputed: torch.Tensor, sampled: torch.Tensor, mask: torch.Tensor) -> float:
+    """Sum over completion tokens of |log-prob the loss computes - log-prob the rollout engine computed|: both
+    are log_softmax(logits / T) of the same tokens, so this is numerical drift (plus LoRA dropout in the
+    training pass when it is on), logged per token as ``rollout/logprob_gap``."""
+    return ((recomputed - sampled).abs() * mask).sum().item()
 
 
 def split_completions(

@@ -210,7 +210,7 @@ def test_top_p_filter_keeps_the_same_tokens_as_hf():
 @pytest.fixture
 def leaky_checkpoint(tiny_model_dir, tmp_path):
     """A copy of the tiny checkpoint whose generation_config would change sampling if it leaked."""
-    folder = tmp_path / "leaky"
+    folder = tmp_path / "leaky-checkpoint"
     shutil.copytree(tiny_model_dir, folder)
     config_file = folder / "generation_config.json"
     config = json.loads(config_file.read_text()) if config_file.exists() else {}
@@ -227,7 +227,9 @@ def test_a_checkpoint_generation_config_does_not_change_what_is_sampled(
     assert leaky.generation_config.repetition_penalty == 2.0 and leaky.generation_config.top_k == 1
     params = params_for(tiny_processor, clean, num_samples=3, max_new_tokens=12)
     for engine in ("hf", "static"):
-        assert torch.equal(run(engine, clean, prompts, params).tokens, run(engine, leaky, prompts, params).tokens)
+        assert torch.equal(
+            run(engine, clean, prompts, params).tokens, run(engine, leaky, prompts, params).tokens
+        )
     # the check can fail: a plain generate() call does pick the leaked settings up
     sampling = dict(do_sample=True, temperature=1.0, top_p=1.0, max_new_tokens=12, num_return_sequences=3,
                     eos_token_id=list(params.stop_ids), pad_token_id=params.pad_id)  # fmt: skip
@@ -238,3 +240,30 @@ def test_a_checkpoint_generation_config_does_not_change_what_is_sampled(
     assert not torch.equal(*outputs)
     assert leaky.generation_config.repetition_penalty == 2.0  # the engine restored the model's own config
     assert isinstance(leaky.generation_config, GenerationConfig)
+
+
+@pytest.mark.parametrize("engine", ["hf", "static"])
+def test_evaluation_generation_ignores_the_checkpoint_generation_config(
+    tiny_model_dir, leaky_checkpoint, tmp_path, engine
+):  # fmt: skip
+    import yaml
+
+    from data.synthetic import generate_world
+    from evaluation.generate import Decoding, generate_split
+    from grpo.config import load_config, to_dict
+
+    annotation = generate_world(tmp_path / "world", n=6, seed=0, image_size=56)
+    texts = []
+    for name, checkpoint in (("clean", tiny_model_dir), ("leaky", leaky_checkpoint)):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        cfg = load_config(None, [f"model.path={checkpoint}", f"data.annotation={annotation}",
+                                 f"output_dir={run_dir}", "device=cpu", "sampling.max_new_tokens=8"])  # fmt: skip
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+        torch.manual_seed(0)
+        decoding = Decoding(do_sample=True, engine=engine, batch_size=4)
+        rows = generate_split(
+            run_dir, "test", run_dir / "eval", no_adapter=True, decoding=decoding, device="cpu"
+        )
+        texts.append([row["generated"] for row in rows])
+    assert texts[0] == texts[1] and any(texts[0])

@@ -131,7 +131,9 @@ def test_num_iterations_reuses_rollouts_and_moves_the_ratio_off_one(tiny_model_d
     assert second["ratio_mean"] != pytest.approx(1.0, abs=1e-6)
 
 
-def test_mask_truncated_drops_completions_cut_by_max_new_tokens_from_the_loss(tiny_model_dir, world, tmp_path):
+def test_mask_truncated_drops_completions_cut_by_max_new_tokens_from_the_loss(
+    tiny_model_dir, world, tmp_path
+):
     """Two new tokens and EOS suppressed until then: every completion is truncated, so with
     sampling.mask_truncated the loss has no token left and the policy gets no gradient."""
     cfg = make_cfg(tiny_model_dir, world, tmp_path, "max_steps=1", "sampling.max_new_tokens=2",
@@ -142,3 +144,25 @@ def test_mask_truncated_drops_completions_cut_by_max_new_tokens_from_the_loss(ti
     (row,) = read_metrics(tmp_path)
     assert row["truncated_frac"] == 1.0
     assert row["loss"] == 0.0 and row["grad_norm"] == 0.0
+
+
+@pytest.mark.parametrize("mu", [1, 2])
+def test_static_engine_log_probs_match_the_loss_and_the_gap_is_logged(tiny_model_dir, world, tmp_path, mu):
+    """rollout/logprob_gap: mean |engine log-prob - the loss's recomputed log-prob| per completion token,
+    from the update pass (mu = 1) or the old-policy pass (mu > 1); fp32, tolerance 5e-4."""
+    cfg = make_cfg(tiny_model_dir, world, tmp_path, "max_steps=2", "save_every=2", f"grpo.num_iterations={mu}",
+                   "sampling.engine=static")  # fmt: skip
+    trainer = Trainer(cfg, reward_fn=letter_e_reward)
+    trainer.train()
+    trainer.close()
+    for row in read_metrics(tmp_path):
+        assert 0.0 <= row["rollout/logprob_gap"] < 5e-4
+
+
+def test_hf_engine_trains_and_reports_no_gap(tiny_model_dir, world, tmp_path):
+    cfg = make_cfg(tiny_model_dir, world, tmp_path, "max_steps=1", "sampling.engine=hf")
+    trainer = Trainer(cfg, reward_fn=letter_e_reward)
+    trainer.train()
+    trainer.close()
+    (row,) = read_metrics(tmp_path)
+    assert "rollout/logprob_gap" not in row and row["completion_len"] > 0
