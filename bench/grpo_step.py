@@ -3,10 +3,15 @@
     python bench/grpo_step.py --size tiny                        # the tiny offline model, CPU
     python bench/grpo_step.py --size small                       # ~40 M parameters, Qwen's 151,936 vocab
     python bench/grpo_step.py --size 7b --device cuda --dtype bfloat16 --steps 3
+    python bench/grpo_step.py --size small --engine hf             # the reference engine (default: static)
 
 A synthetic world and the tiny model folder (for the tokenizer and processor) are made in --workdir.
 Random-weight sizes are built from a config (bench/random_qwen.py). Completions are forced to
 --new-tokens tokens (EOS suppressed until then), so lengths do not decide the timing.
+
+"ms per token" is the generate phase over the new tokens (prefill included). On CUDA the bandwidth limit of
+a decode step is reading the text model's weights once: their bytes over the GPU's memory bandwidth
+(BANDWIDTH_TBS by device name, or --bandwidth-tbs); "share of limit" is that limit over the measured ms.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ from _common import prepare_workdir  # noqa: E402
 from grpo.config import load_config  # noqa: E402
 from grpo.trainer import Trainer  # noqa: E402
 
+# peak memory bandwidth in TB/s by a substring of torch.cuda.get_device_name() (vendor data sheets)
+BANDWIDTH_TBS = {"H200": 4.8, "H100 PCIe": 2.0, "H100": 3.35, "A100-SXM4-80GB": 2.04, "A100 80GB PCIe": 1.94,
+                 "A100": 1.56, "L40S": 0.864, "A10G": 0.6}  # fmt: skip
 PHASES = ("time/generate", "time/reward", "time/logprob_ref", "time/train", "time/optim")
 
 
@@ -37,6 +45,22 @@ def peak_memory_gb(device: str) -> float:
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 1e9
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # Linux: KiB -> GB
+
+
+def decode_limit_ms(model, bandwidth_tbs: float) -> float:
+    """Milliseconds to read the text decoder's weights and the output head once at ``bandwidth_tbs``."""
+    from model.loading import unwrap_model
+
+    inner = unwrap_model(model)
+    tensors = {id(p): p for p in inner.model.language_model.parameters()}
+    tensors[id(inner.lm_head.weight)] = inner.lm_head.weight
+    weight_bytes = sum(p.numel() * p.element_size() for p in tensors.values())
+    return weight_bytes / (bandwidth_tbs * 1e12) * 1e3
+
+
+def gpu_bandwidth_tbs() -> float | None:
+    name = torch.cuda.get_device_name()
+    return next((tbs for key, tbs in BANDWIDTH_TBS.items() if key in name), None)
 
 
 def main() -> None:
@@ -53,6 +77,9 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=0.04)
     parser.add_argument("--lora-rank", type=int, default=8)
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--engine", choices=("static", "hf"), help="sampling.engine (default: the config's)")
+    parser.add_argument("--compile-decode", action="store_true", help="sampling.compile_decode (CUDA only)")
+    parser.add_argument("--bandwidth-tbs", type=float, help="GPU memory bandwidth (default: by device name)")
     parser.add_argument("--workdir", default="/tmp/mrg-grpo-bench")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("overrides", nargs="*", help="extra key=value config overrides")
@@ -75,26 +102,31 @@ def main() -> None:
         f"sampling.group_size={args.group_size}", f"batch.prompts_per_device={args.batch}",
         f"sampling.max_new_tokens={args.new_tokens}", f"sampling.min_new_tokens={args.new_tokens}",
         f"grpo.beta={args.beta}", f"model.lora.rank={args.lora_rank}", f"model.lora.alpha={2 * args.lora_rank}",
-        "model.lora.dropout=0.0", "save_every=100000", "optim.lr=1e-5", *args.overrides,
+        "model.lora.dropout=0.0", "save_every=100000", "optim.lr=1e-5",
+        *([f"sampling.engine={args.engine}"] if args.engine else []),
+        *(["sampling.compile_decode=true"] if args.compile_decode else []), *args.overrides,
     ])  # fmt: skip
     (workdir / "run" / "metrics.jsonl").unlink(missing_ok=True)
     t = time.perf_counter()
     trainer = Trainer(cfg, policy=policy)
     setup_s = time.perf_counter() - t
     params = sum(p.numel() for p in trainer.model.parameters())
+    bandwidth = args.bandwidth_tbs or (gpu_bandwidth_tbs() if args.device == "cuda" else None)
+    limit_ms = decode_limit_ms(trainer.model, bandwidth) if bandwidth else None
     trainer.train()
     rows = [json.loads(line) for line in (workdir / "run" / "metrics.jsonl").read_text().splitlines()][1:]
     trainer.close()
 
     step = statistics.median(r["step_time_s"] for r in rows)
     figures = {
-        "size": args.size, "device": args.device, "dtype": args.dtype, "parameters": params,
+        "size": args.size, "engine": cfg.sampling.engine, "device": args.device, "dtype": args.dtype, "parameters": params,
         "group_size": args.group_size, "studies_per_step": args.batch, "new_tokens": args.new_tokens,
         "setup_s": round(setup_s, 2), "median_step_s": round(step, 4),
         "tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in rows), 1),
         "peak_memory_gb": round(peak_memory_gb(args.device), 3),
     }  # fmt: skip
-    print(f"\n{args.size} model ({params / 1e6:.1f} M parameters) on {args.device} {args.dtype}: "
+    print(f"\n{args.size} model ({params / 1e6:.1f} M parameters) on {args.device} {args.dtype}, "
+          f"engine {cfg.sampling.engine}: "
           f"G={args.group_size}, {args.batch} studies/step, {args.new_tokens} new tokens")  # fmt: skip
     print(f"{'phase':<18}{'median s':>10}{'share':>8}")
     for phase in PHASES:
@@ -102,6 +134,16 @@ def main() -> None:
         figures[phase] = round(value, 4)
         print(f"{phase[5:]:<18}{value:>10.4f}{value / step:>8.1%}")
     print(f"{'step':<18}{step:>10.4f}")
+    ms_per_token = figures["time/generate"] / args.new_tokens * 1e3
+    figures["ms_per_token"] = round(ms_per_token, 3)
+    line = f"engine {cfg.sampling.engine}: {ms_per_token:.2f} ms per new token ({args.batch * args.group_size} rows)"
+    if limit_ms is not None:
+        figures["bandwidth_limit_ms"], figures["share_of_limit"] = (
+            round(limit_ms, 3),
+            round(limit_ms / ms_per_token, 3),
+        )
+        line += f", bandwidth limit {limit_ms:.2f} ms ({limit_ms / ms_per_token:.0%} of it reached)"
+    print(line)
     print(
         f"peak memory: {figures['peak_memory_gb']:.2f} GB ({'CUDA allocated' if args.device == 'cuda' else 'process RSS'})"
     )

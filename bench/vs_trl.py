@@ -5,6 +5,7 @@ peak resident memory, on CPU in fp32.
     python bench/vs_trl.py                          # tiny and small models, 3 repetitions, ~5 min on 2 cores
     python bench/vs_trl.py --sizes small --reps 5   # more repetitions of the small model only
     python bench/vs_trl.py --profile small          # cProfile of our trainer's steps (where the time goes)
+    python bench/vs_trl.py --engine hf              # our side samples with HF generate (default: static)
 
 Both sides get the same Qwen2.5-VL (same weights, tokenizer, processor without the video part), the same
 synthetic chest X-ray images and prompts, the same reward function (0.75 MCCS + 0.25 format, rule labeler),
@@ -95,14 +96,14 @@ def settings() -> dict:
 # ------------------------------------------------------------------------------------------ our side
 
 
-def run_ours(workdir: Path, size: str, warmup: int, steps: int) -> dict:
+def run_ours(workdir: Path, size: str, warmup: int, steps: int, engine: str = "static") -> dict:
     from grpo.trainer import Trainer
 
     s = settings()
     annotation, tiny = prepare_workdir(workdir)
     policy = build_policy(tiny, size)
     with tempfile.TemporaryDirectory(dir=workdir) as out:
-        cfg = our_config(annotation, tiny, Path(out), s, warmup + steps)
+        cfg = our_config(annotation, tiny, Path(out), s, warmup + steps, [f"sampling.engine={engine}"])
         trainer = Trainer(cfg, reward_fn=make_reward(), policy=policy)
         rss_before = current_rss_gb()
         trainer.train()
@@ -261,7 +262,7 @@ def run_trl(workdir: Path, size: str, warmup: int, steps: int) -> dict:
     }
 
 
-def profile_ours(workdir: Path, size: str, steps: int, top: int = 30) -> None:
+def profile_ours(workdir: Path, size: str, steps: int, engine: str = "static", top: int = 30) -> None:
     """cProfile of our trainer's steps (after one warm-up step): the top functions by own time and by
     cumulative time, to see which phase and which call the time goes to."""
     import cProfile
@@ -272,8 +273,8 @@ def profile_ours(workdir: Path, size: str, steps: int, top: int = 30) -> None:
     annotation, tiny = prepare_workdir(workdir)
     policy = build_policy(tiny, size)
     with tempfile.TemporaryDirectory(dir=workdir) as out:
-        trainer = Trainer(our_config(annotation, tiny, Path(out), settings(), 1 + steps), reward_fn=make_reward(),
-                          policy=policy)  # fmt: skip
+        cfg = our_config(annotation, tiny, Path(out), settings(), 1 + steps, [f"sampling.engine={engine}"])
+        trainer = Trainer(cfg, reward_fn=make_reward(), policy=policy)
         trainer.train(stop_after=1)
         profiler = cProfile.Profile()
         t = time.perf_counter()
@@ -288,7 +289,7 @@ def profile_ours(workdir: Path, size: str, steps: int, top: int = 30) -> None:
 # ---------------------------------------------------------------------------------------- orchestration
 
 
-def measure_size(size: str, reps: int, warmup: int, workdir: Path) -> dict:
+def measure_size(size: str, reps: int, warmup: int, workdir: Path, engine: str = "static") -> dict:
     """Alternate ours / TRL in fresh processes, `reps` times each; pool the timed steps."""
     results = {"ours": [], "trl": []}
     steps = STEPS[size]
@@ -297,7 +298,7 @@ def measure_size(size: str, reps: int, warmup: int, workdir: Path) -> dict:
             t = time.perf_counter()
             out = run_worker(Path(__file__), [
                 "--worker", side, "--size", size, "--warmup", str(warmup), "--steps", str(steps),
-                "--workdir", str(workdir),
+                "--workdir", str(workdir), "--engine", engine,
             ])  # fmt: skip
             results[side].append(out)
             print(f"  {size} rep {rep + 1}/{reps} {side:<4}: median step {median(out['step_s']):.3f} s, "
@@ -357,6 +358,7 @@ def main() -> None:
     parser.add_argument(
         "--profile", choices=("tiny", "small"), help="cProfile our trainer's steps at this size"
     )
+    parser.add_argument("--engine", choices=("static", "hf"), default="static", help="our sampling.engine")
     parser.add_argument("--worker", choices=("ours", "trl"), help=argparse.SUPPRESS)
     parser.add_argument("--size", choices=("tiny", "small"), help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
@@ -367,7 +369,7 @@ def main() -> None:
     if args.profile:
         logging.basicConfig(level=logging.ERROR)
         warnings.filterwarnings("ignore")
-        profile_ours(workdir, args.profile, args.steps or STEPS[args.profile])
+        profile_ours(workdir, args.profile, args.steps or STEPS[args.profile], args.engine)
         return
     if args.worker:
         logging.basicConfig(level=logging.ERROR)
@@ -375,8 +377,10 @@ def main() -> None:
         import torch
 
         torch.manual_seed(0)
-        run = run_ours if args.worker == "ours" else run_trl
-        out = run(workdir, args.size, args.warmup, args.steps)
+        if args.worker == "ours":
+            out = run_ours(workdir, args.size, args.warmup, args.steps, args.engine)
+        else:
+            out = run_trl(workdir, args.size, args.warmup, args.steps)
         print(json.dumps(out))
         return
 
@@ -390,10 +394,11 @@ def main() -> None:
     for key, value in settings().items():
         print(f"  {key} = {value}")
     print(f"  timed steps per process = {STEPS}, warm-up steps = {args.warmup}, repetitions = {args.reps}")
+    print(f"  our sampling.engine = {args.engine}")
     ratios = {}
     t = time.perf_counter()
     for size in args.sizes:
-        ratios[size] = summarize(size, measure_size(size, args.reps, args.warmup, workdir))
+        ratios[size] = summarize(size, measure_size(size, args.reps, args.warmup, workdir, args.engine))
     print(f"\ntotal wall time {time.perf_counter() - t:.0f} s")
     for size, (step_ratio, rss_ratio) in ratios.items():
         print(

@@ -4,7 +4,7 @@ One GRPO optimizer step (DESIGN.md, "One GRPO step"):
 
     for each of grad_accum micro-batches of B studies:           rollout()
         build the B prompts once, encode their images once        (vision tower frozen: no re-encoding)
-        sample G completions per study                            (one generate call, KV cache, B*G rows)
+        sample G completions per study                            (model/engine: sampling.engine, B*G rows)
         score them: R = sum_k w_k * term_k                        (rewards.combine.RewardCombiner)
         advantages, eq. (2)                                       (grpo.advantages.group_advantages)
         reference log-probs (no grad), old log-probs if mu > 1    (completion positions only, chunked)
