@@ -112,7 +112,7 @@ def generate_split(
         model.eval()
         tokenizer = processor.tokenizer
         engine_name = decoding.engine or cfg.sampling.engine
-        engine = make_engine(engine_name, compile_decode=cfg.sampling.compile_decode)
+        engine = make_engine(engine_name, cfg.sampling.compile_decode, cfg.sampling.merge_lora)
         log.info("generation engine: %s", engine_name)
         # every field that shapes the distribution comes from here, none from the checkpoint
         params = SamplingParams(

@@ -86,6 +86,9 @@ class SamplingConfig:
     # both sample the same distribution, hf is the reference and the fallback
     engine: str = "static"
     compile_decode: bool = False  # static engine on CUDA: torch.compile its decode step (ignored on CPU)
+    # static engine: decode on a copy of the weights with LoRA merged (fewest matmuls; the copy of the adapted
+    # projections lives during the rollout only) or keep the adapter's terms (no copy, 2 extra matmuls each)
+    merge_lora: bool = True
 
 
 @dataclass

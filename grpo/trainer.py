@@ -100,13 +100,14 @@ class Trainer:
         self.stop_ids = stop_token_ids(self.model, self.tokenizer)
         self.suppress_ids = vision_token_ids(self.processor)
         s = cfg.sampling
-        self.engine = make_engine(s.engine, compile_decode=s.compile_decode)
+        self.engine = make_engine(s.engine, compile_decode=s.compile_decode, merge_lora=s.merge_lora)
         self.sampling_params = SamplingParams(
             max_new_tokens=s.max_new_tokens, stop_ids=tuple(self.stop_ids), pad_id=self.tokenizer.pad_token_id,
             suppress_ids=tuple(self.suppress_ids), temperature=s.temperature, top_p=s.top_p,
             min_new_tokens=s.min_new_tokens, num_samples=s.group_size,
         )  # fmt: skip
-        log.info("rollout engine: %s (sampling.engine)", s.engine)
+        log.info("rollout engine: %s (sampling.engine; merge_lora %s, compile_decode %s)", s.engine,
+                 s.merge_lora, s.compile_decode)  # fmt: skip
         self.ddp = (
             DistributedDataParallel(
                 self.model, device_ids=[self.dist.local_rank] if self.dist.device.type == "cuda" else None

@@ -178,6 +178,11 @@ def test_merged_and_unmerged_lora_decode_the_same_logits(policy, prompts, tiny_p
     assert (torch.stack(recorded[True]) - torch.stack(recorded[False])).abs().max() < LOGIT_TOL
 
 
+def test_compiled_decode_falls_back_to_eager_off_cuda():
+    engine = make_engine("static", compile_decode=True)
+    assert engine._step_function(torch.device("cpu")) is static_module.decode_step
+
+
 def test_inverse_cdf_sampler_draws_the_softmax_probabilities():
     probs = torch.tensor([0.5, 0.0, 0.2, 0.25, 0.0, 0.05])
     scores = probs.log().expand(200_000, -1).contiguous()

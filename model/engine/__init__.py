@@ -48,8 +48,8 @@ class Generation:
     logprobs: torch.Tensor | None
 
 
-def make_engine(name: str, compile_decode: bool = False):
-    """The engine called ``name`` (one of ENGINES)."""
+def make_engine(name: str, compile_decode: bool = False, merge_lora: bool = True):
+    """The engine called ``name`` (one of ENGINES); the options apply to ``static``."""
     if name == "hf":
         from model.engine.hf import HFEngine
 
@@ -57,5 +57,5 @@ def make_engine(name: str, compile_decode: bool = False):
     if name == "static":
         from model.engine.static import StaticEngine
 
-        return StaticEngine(compile_decode=compile_decode)
+        return StaticEngine(merge_lora=merge_lora, compile_decode=compile_decode)
     raise ValueError(f"sampling.engine must be one of {ENGINES}, got {name!r}")
