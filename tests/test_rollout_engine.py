@@ -272,3 +272,25 @@ def test_evaluation_generation_ignores_the_checkpoint_generation_config(
         )
         texts.append([row["generated"] for row in rows])
     assert texts[0] == texts[1] and any(texts[0])
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_the_fast_sampling_path_draws_what_the_exact_path_draws(temperature):
+    """top_p = 1 takes a shortcut (shared exponentials, excluded tokens zeroed); with the same random
+    numbers it must pick the same tokens and log-probs as processing the logits then drawing."""
+    logits = torch.randn(64, 3000, generator=torch.Generator().manual_seed(1)) * 4
+    suppress, stops = torch.tensor([5, 17, 2999]), torch.tensor([0, 1])
+    options = dict(
+        do_sample=True, temperature=temperature, suppress_ids=suppress, stop_ids=stops, block_stop=True
+    )
+    fast = choose_tokens(logits, top_p=1.0, generator=torch.Generator().manual_seed(7), **options)
+    exact_scores = process_logits(logits, temperature=temperature, top_p=1.0, suppress_ids=suppress,
+                                  stop_ids=stops, block_stop=True)  # fmt: skip
+    exact = inverse_cdf_sample(exact_scores, torch.Generator().manual_seed(7))
+    assert torch.equal(fast[0], exact)
+    reference_logp = torch.log_softmax(logits / temperature, dim=-1).gather(1, exact[:, None]).squeeze(1)
+    assert torch.allclose(fast[1], reference_logp, atol=1e-5)
+    # a dominating excluded token leaves no float32 mass elsewhere: the exact path takes over
+    logits[:, 5] = 500.0
+    tokens, logp = choose_tokens(logits, top_p=1.0, **options)
+    assert not torch.isin(tokens, torch.cat([suppress, stops])).any() and torch.isfinite(logp).all()

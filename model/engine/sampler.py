@@ -66,14 +66,39 @@ def choose_tokens(
     """Next tokens ``(N,)`` and their log-probs ``(N,)`` under ``log_softmax(logits / temperature)``, the
     quantity the loss recomputes (no suppression or top-p in it: the loss's ratio and KL use the model's
     plain tempered distribution, so that is what the gap metric compares)."""
+    excluded = suppress_ids
+    if block_stop and stop_ids is not None:
+        excluded = stop_ids if excluded is None else torch.cat([excluded, stop_ids])
+    if do_sample and top_p >= 1.0:
+        tokens, logp = _sample_without_top_p(logits, temperature, excluded, generator)
+        if tokens is not None:
+            return tokens, logp
+    options = dict(stop_ids=stop_ids, block_stop=block_stop, suppress_ids=suppress_ids)
     if do_sample:
-        scores = process_logits(logits, temperature=temperature, top_p=top_p, suppress_ids=suppress_ids,
-                                stop_ids=stop_ids, block_stop=block_stop)  # fmt: skip
-        tokens = inverse_cdf_sample(scores, generator)
+        tokens = inverse_cdf_sample(
+            process_logits(logits, temperature=temperature, top_p=top_p, **options), generator
+        )
     else:
-        scores = process_logits(logits, temperature=1.0, top_p=1.0, suppress_ids=suppress_ids,
-                                stop_ids=stop_ids, block_stop=block_stop)  # fmt: skip
-        tokens = scores.argmax(dim=-1)
-    tempered = logits.float() / temperature
+        tokens = process_logits(logits, temperature=1.0, top_p=1.0, **options).argmax(dim=-1)
+    tempered = logits.float() / temperature if temperature != 1.0 else logits.float()
     logp = tempered.gather(1, tokens[:, None]).squeeze(1) - torch.logsumexp(tempered, dim=-1)
     return tokens, logp
+
+
+def _sample_without_top_p(logits, temperature, excluded, generator):
+    """The common case (top_p = 1) in five passes over the vocabulary: one set of exponentials serves both
+    the log-prob normaliser (all tokens) and the draw (excluded tokens zeroed). Returns (None, None) when a
+    row has no mass left in float32 (an excluded token dominating by > ~87 nats), for the exact path."""
+    tempered = logits.float() / temperature if temperature != 1.0 else logits.float()
+    peak = tempered.max(dim=-1, keepdim=True).values
+    weights = torch.exp(tempered - peak)
+    log_normaliser = peak.squeeze(1) + weights.sum(dim=-1).log()
+    if excluded is not None and excluded.numel():
+        weights.index_fill_(1, excluded, 0.0)
+    cdf = weights.cumsum_(dim=-1)
+    total = cdf[:, -1:]
+    if not bool((total > 0).all()):
+        return None, None
+    u = torch.rand(logits.shape[0], 1, device=logits.device, generator=generator) * total
+    tokens = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=logits.shape[1] - 1)
+    return tokens, tempered.gather(1, tokens[:, None]).squeeze(1) - log_normaliser
