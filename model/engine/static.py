@@ -15,8 +15,10 @@ Per call (one micro-batch of B prompts, G samples each, N = B*G rows):
 4. Sample with ``model.engine.sampler`` (same processing as HF generate, inverse-CDF draw); rows stop at
    their first stop token and are padded after it; the loop ends when every row has stopped.
 
-The decode step has static shapes (the cache is written with ``index_copy_`` at a tensor slot, attention
-spans all slots under a validity mask), so it can be handed to ``torch.compile`` on CUDA.
+The decode step has static shapes within a call (the cache is written with ``index_copy_`` at a tensor slot,
+attention spans all slots under a validity mask), so ``sampling.compile_decode`` hands it to ``torch.compile``
+on CUDA (eager elsewhere). CUDA graphs (``mode="reduce-overhead"``) are not used: the merged weights and the
+cache are new tensors on every call, which graphs would copy into their static buffers on every replay.
 """
 
 from __future__ import annotations
