@@ -166,17 +166,18 @@ class StaticEngine:
     def generate(self, model, prompts: dict, params: SamplingParams, images=None) -> Generation:
         """Same contract as HFEngine.generate; also returns each sampled token's log-prob."""
         G, T = params.num_samples, params.max_new_tokens
-        logits, keys, values, next_positions = prefill(model, prompts, images)
+        logits, cache, next_positions = prefill(model, prompts, images)
         batch, prompt_len = prompts["input_ids"].shape
         n, device = batch * G, logits.device
 
-        # branch: G rows per prompt share its prompt cache (copied into the static cache)
-        shape = (keys.shape[0], n, keys.shape[2], prompt_len + T, keys.shape[4])
-        key_cache = keys.new_zeros(shape)
-        value_cache = values.new_zeros(shape)
-        key_cache[:, :, :, :prompt_len] = keys.repeat_interleave(G, dim=1)
-        value_cache[:, :, :, :prompt_len] = values.repeat_interleave(G, dim=1)
-        del keys, values
+        # branch: the G rows of a prompt get copies of its prompt cache (a broadcast copy, layer by layer)
+        first = cache.layers[0].keys  # (B, kv_heads, P, head_dim)
+        shape = (len(cache.layers), n, first.shape[1], prompt_len + T, first.shape[3])
+        key_cache, value_cache = first.new_zeros(shape), first.new_zeros(shape)
+        for index, layer in enumerate(cache.layers):
+            key_cache[index, :, :, :prompt_len].unflatten(0, (batch, G)).copy_(layer.keys[:, None])
+            value_cache[index, :, :, :prompt_len].unflatten(0, (batch, G)).copy_(layer.values[:, None])
+        del cache, first
         valid = torch.zeros(n, prompt_len + T, dtype=torch.bool, device=device)
         valid[:, :prompt_len] = prompts["attention_mask"].bool().repeat_interleave(G, dim=0)
         positions = next_positions.repeat_interleave(G, dim=1)  # (3, N)
@@ -211,7 +212,8 @@ class StaticEngine:
 
 def prefill(model, prompts: dict, images=None):
     """Run the B prompts once through the model's own forward. Returns the last position's logits (B, V),
-    the keys and values (L, B, kv_heads, P, head_dim), and the RoPE position (3, B) of the first new token."""
+    its KV cache (``.layers[i].keys`` / ``.values``: (B, kv_heads, P, head_dim)), and the RoPE position (3, B)
+    of the first new token."""
     text = unwrap_model(model).model.language_model
     used: list[torch.Tensor] = []
     hook = text.rotary_emb.register_forward_pre_hook(lambda _m, args: used.append(args[1]))
@@ -220,8 +222,5 @@ def prefill(model, prompts: dict, images=None):
         out = model(**prompts, **extra, use_cache=True, logits_to_keep=1)
     finally:
         hook.remove()
-    cache = out.cache
-    keys = torch.stack([layer.keys for layer in cache.layers])
-    values = torch.stack([layer.values for layer in cache.layers])
     positions = used[0].expand(3, -1, -1)  # (3, B, P); left padding: the last column is a real token
-    return out.logits[:, -1], keys, values, positions[:, :, -1] + 1
+    return out.logits[:, -1], out.cache, positions[:, :, -1] + 1
