@@ -60,9 +60,9 @@ def prepare_assets(cfg: TrainConfig, is_main: bool) -> None:
 
 
 def run(cfg: TrainConfig, resume: bool) -> Path:
-    from grpo.trainer import Trainer
+    from grpo.sft import make_trainer
 
-    trainer = Trainer(cfg, resume=resume)
+    trainer = make_trainer(cfg, resume=resume)
     try:
         return trainer.train()
     finally:

@@ -74,8 +74,8 @@ def generate_split(
     from data.batching import collate_prompts
     from grpo import distributed
     from grpo.config import load_config
-    from grpo.trainer import split_completions, stop_token_ids
     from model.engine import SamplingParams, make_engine
+    from model.generation import split_completions, stop_token_ids
     from model.loading import load_model_and_processor, vision_token_ids
     from model.lora import load_adapter
 

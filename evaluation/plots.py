@@ -28,8 +28,8 @@ POLARITY_ERROR_KINDS = (
 # Training-curve panels: title -> (exact keys, key prefixes). A key joins the first panel it matches.
 CURVE_PANELS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("reward", ("reward",), ("reward/",)),
-    ("KL to reference", ("kl",), ("kl/",)),
-    ("clip fraction", ("clip_frac",), ("clip_frac/",)),
+    ("KL to reference", ("kl", "loss/kl"), ("kl/",)),
+    ("clip fraction", ("clip_frac", "loss/clip_frac"), ("clip_frac/",)),
     ("completion length (tokens)", ("completion_len",), ("completion_len/",)),
     ("loss", ("loss",), ()),
     ("learning rate", ("lr",), ()),

@@ -15,8 +15,9 @@ SCALES = ("group", "batch", "none")
 
 
 def group_advantages(
-    rewards: torch.Tensor, group_size: int, eps: float = 1e-6, scale: str = "group"
-) -> torch.Tensor:
+    rewards: torch.Tensor, group_size: int, eps: float = 1e-6, scale: str = "group",
+    batch_var: float | None = None,
+) -> torch.Tensor:  # fmt: skip
     """Advantages ``A_i`` of contiguous groups of rewards; eq. (2) by default.
 
     ``scale`` picks the denominator (the numerator is always ``r_i - mean(group)``):
@@ -24,7 +25,9 @@ def group_advantages(
     - ``"group"`` (default, eq. (2)): ``sqrt(mean_group((r - mean_group)^2) + eps)``, the group's
       population standard deviation with ``eps`` inside the square root.
     - ``"batch"``: the same population formula over all ``B*G`` rewards of the batch, so that groups
-      whose rewards barely differ are not blown up to unit scale.
+      whose rewards barely differ are not blown up to unit scale. When ``rewards`` is one part of a
+      larger batch (a micro-batch of an optimizer step, one rank of several), ``batch_var`` is the
+      population variance of the whole batch (:func:`pooled_variance`) and replaces that of ``rewards``.
     - ``"none"``: no division, ``A_i = r_i - mean`` (the Dr. GRPO choice, which removes the per-group
       difficulty weighting).
 
@@ -41,8 +44,11 @@ def group_advantages(
     if scale == "group":
         advantages = centered / torch.sqrt(centered.pow(2).mean(dim=1, keepdim=True) + eps)
     elif scale == "batch":
-        batch_centered = values - values.mean()
-        advantages = centered / torch.sqrt(batch_centered.pow(2).mean() + eps)
+        if batch_var is None:
+            variance = (values - values.mean()).pow(2).mean()
+        else:
+            variance = torch.as_tensor(batch_var, dtype=values.dtype, device=values.device)
+        advantages = centered / torch.sqrt(variance + eps)
     else:
         advantages = centered
 
@@ -50,6 +56,15 @@ def group_advantages(
     no_spread = groups.amax(dim=1, keepdim=True) == groups.amin(dim=1, keepdim=True)
     advantages = torch.where(no_spread, torch.zeros_like(advantages), advantages)
     return advantages.reshape(rewards.shape)
+
+
+def pooled_variance(count: float, total: float, total_sq: float) -> float:
+    """Population variance of a set of numbers known by their count, sum and sum of squares (summed over
+    micro-batches and ranks): ``E[r^2] - E[r]^2``, never below 0."""
+    if not count > 0:
+        raise ValueError(f"pooled_variance: count must be > 0, got {count!r}")
+    mean = total / count
+    return max(total_sq / count - mean * mean, 0.0)
 
 
 def _check_inputs(rewards: torch.Tensor, group_size: int, eps: float, scale: str) -> None:

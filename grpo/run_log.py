@@ -5,18 +5,19 @@ TensorBoard events (``log.tensorboard``, the ``log`` extra) and to Weights & Bia
 ``metrics.jsonl`` holds one JSON object per logged optimizer step. The keys and what they tell:
 
     step                 optimizer steps done
-    loss                 the minimized loss, -J of eq. (1) (SFT: token cross-entropy)
+    loss                 the minimized loss of the step, -J of eq. (1) (SFT: token cross-entropy)
+    loss/<name>          every statistic the loss function returns, averaged over micro-batches and ranks;
+                         grpo_loss's (grpo/loss.py): kl (mean per-token k3 to the reference, beta > 0),
+                         clip_frac (= clip_frac_low + clip_frac_high, share of clipped tokens),
+                         ratio_mean (1 on a fresh batch of rollouts), adv_mean, tokens
     reward               mean total reward of the step's completions
     reward/<term>        mean unweighted value of each reward term (mccs, format, cef1, nlg)
     reward_std           spread of the total reward over all completions
     adv_std              spread of the advantages (near 0: no learning signal)
     frac_zero_std_groups fraction of groups whose G rewards are all equal (their advantages are exactly 0)
-    kl                   mean per-token k3 estimate of KL(policy || reference)
-    clip_frac            fraction of completion tokens whose ratio was clipped (low + high)
-    ratio_mean           mean importance ratio (1 when num_iterations = 1)
     completion_len       mean completion length in tokens
     truncated_frac       fraction of completions that hit max_new_tokens without EOS
-    format_ok            fraction of completions with full format compliance (format reward == 1)
+    format_ok            fraction of completions with full format compliance (when the reward reports it)
     grad_norm            gradient norm before clipping
     lr                   learning rate used for the step
     step_time_s          wall time of the step

@@ -1,18 +1,18 @@
-"""The training loop: GRPO (the paper's method) and SFT (its "Base + SFT" row and the demo's warm start).
+"""The GRPO loop (the paper's method). SFT, its "Base + SFT" row and the demo's warm start, is grpo/sft.py.
 
-One GRPO optimizer step (DESIGN.md, "One GRPO step"):
+One GRPO optimizer step (docs/design.md, "One GRPO step"):
 
-    for each of grad_accum micro-batches of B studies:           rollout()
-        build the B prompts once, encode their images once        (vision tower frozen: no re-encoding)
-        sample G completions per study                            (model/engine: sampling.engine, B*G rows)
-        score them: R = sum_k w_k * term_k                        (rewards.combine.RewardCombiner)
-        advantages, eq. (2)                                       (grpo.advantages.group_advantages)
-        reference log-probs (no grad), old log-probs if mu > 1    (completion positions only, chunked)
-    repeat num_iterations (mu) times:                             update()
-        for each micro-batch: policy log-probs -> loss eq. (1) -> backward   (DDP no_sync but the last)
-        clip grad norm -> optimizer step -> scheduler step
+    rollout(), no gradients, for each of grad_accum micro-batches of B studies:
+        sample       build the B prompts, encode their images once, G completions per study (model/engine)
+        score        R = sum_k w_k * term_k                         (rewards.combine.RewardCombiner)
+        advantages   eq. (2), per group; adv_scale=batch: over the step's whole batch, all ranks
+        log-probs    reference (beta > 0) and old policy (mu > 1), completion positions only, chunked
+    grpo_update(), num_iterations (mu) times per rollout:
+        for each micro-batch: policy log-probs -> loss_fn (eq. 1) -> backward   (DDP no_sync but the last)
+    clip grad norm -> optimizer step -> scheduler step
 
 Completions of study i are rows i*G .. i*G+G-1 of its micro-batch, all on the rank that drew the study.
+LoRA dropout is 0 in every pass, so the policy that is updated is the one that sampled (docs/design.md).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import gc
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +34,14 @@ from tqdm import tqdm
 from data.batching import append_completion, collate_prompts, images_per_row, repeat_for_group
 from data.r2gen import Sample
 from grpo import checkpoint, distributed
-from grpo.advantages import group_advantages
+from grpo.advantages import group_advantages, pooled_variance
 from grpo.config import TrainConfig, to_dict
 from grpo.logprobs import token_logprobs_from_hidden
-from grpo.loss import grpo_loss
+from grpo.loss import LossInputs, load_loss
 from grpo.run_log import RunLog
 from grpo.sampler import ShardedBatches
 from model.engine import SamplingParams, make_engine
+from model.generation import Completions, split_completions, stop_token_ids
 from model.loading import (
     ImageFeatures,
     encode_images,
@@ -49,11 +50,16 @@ from model.loading import (
     load_model_and_processor,
     vision_token_ids,
 )
-from model.lora import POLICY, add_policy_adapter, reference_policy, save_adapter, trainable_parameters
-from model.optim import bitsandbytes_usable, build_optimizer, cosine_schedule_with_warmup
-from rewards.combine import RewardCombiner
-from rewards.format import format_reward
-from rewards.labelers import make_labeler
+from model.lora import (
+    POLICY,
+    add_policy_adapter,
+    reference_policy,
+    save_adapter,
+    set_lora_dropout,
+    trainable_parameters,
+)
+from model.optim import build_optimizer, cosine_schedule_with_warmup
+from rewards.combine import RewardCombiner, RewardOutput, build_reward
 
 log = logging.getLogger(__name__)
 
@@ -62,30 +68,41 @@ TIMING_KEYS = ("step_time_s", "tokens_per_s")  # wall-clock figures: differ betw
 
 @dataclass
 class Rollout:
-    """One micro-batch of sampled completions and everything the loss needs about them."""
+    """One micro-batch of sampled completions, filled in by the rollout's steps, and what the loss needs."""
 
+    samples: list[Sample]
     inputs: dict[str, torch.Tensor]  # prompt + completion, B*G rows (no pixels: see `images`)
     images: ImageFeatures | None  # encoded once, repeated per row
     prompt_len: int
     completion_ids: torch.Tensor  # (B*G, T)
     completion_mask: torch.Tensor  # (B*G, T) bool, EOS included
+    truncated: torch.Tensor  # (B*G,) bool: no EOS within max_new_tokens
     sample_logp: torch.Tensor | None  # (B*G, T) the engine's own log-probs of the tokens (None: hf engine)
     loss_mask: torch.Tensor  # completion_mask, minus truncated rows when sampling.mask_truncated
-    advantages: torch.Tensor  # (B*G,)
-    ref_logp: torch.Tensor | None
-    old_logp: torch.Tensor | None
-    stats: dict[str, float]  # sums over this micro-batch, reduced over ranks at logging time
-    samples: list[dict]  # a few decoded completions for samples.jsonl
+    texts: list[str] = field(default_factory=list)  # decoded completions
+    scored: RewardOutput | None = None
+    rewards: torch.Tensor | None = None  # (B*G,) total reward
+    advantages: torch.Tensor | None = None  # (B*G,)
+    ref_logp: torch.Tensor | None = None  # (B*G, T), when beta > 0
+    old_logp: torch.Tensor | None = None  # (B*G, T), when num_iterations > 1
+    stats: dict[str, float] = field(default_factory=dict)  # sums over this micro-batch; time/<phase>
 
 
 class Trainer:
-    """Builds everything a run needs from a TrainConfig, then ``train()`` runs it (``mode`` grpo or sft)."""
+    """Builds everything a GRPO run needs from a TrainConfig, then ``train()`` runs it."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False, reward_fn=None, policy=None):
+    mode = "grpo"
+    keeps_lora_dropout = False  # GRPO: every pass computes the policy that sampled (module docstring)
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, reward_fn=None, loss_fn=None, policy=None):
         """``reward_fn`` replaces the configured RewardCombiner: any callable with the combiner's signature
-        ``(completions, references, ref_keys) -> RewardOutput`` (how researchers plug in a new reward).
-        ``policy`` = ``(model, processor)`` already built (e.g. a model made from a config for a benchmark)
-        replaces loading ``model.path``; the LoRA adapter is added as configured."""
+        ``(completions, references, ref_keys) -> RewardOutput``. ``loss_fn`` replaces the configured loss
+        (``grpo.loss``): any callable ``(LossInputs, GRPOConfig) -> (loss, stats)``. These are how
+        researchers plug in a new reward or objective (docs/extending.md). ``policy`` = ``(model,
+        processor)`` already built (e.g. a model made from a config for a benchmark) replaces loading
+        ``model.path``; the LoRA adapter is added as configured."""
+        if cfg.mode != self.mode:
+            raise ValueError(f"mode={cfg.mode}: {type(self).__name__} runs mode={self.mode} (SFT: grpo.sft)")
         self.cfg = cfg
         self.dist = distributed.setup(cfg.device)
         if cfg.cpu_threads is not None and self.dist.device.type == "cpu":
@@ -96,6 +113,8 @@ class Trainer:
 
         self.samples = self._load_samples()
         self.model, self.processor = self._load_policy(policy)
+        if not self.keeps_lora_dropout:
+            set_lora_dropout(self.model, 0.0)
         self.tokenizer = self.processor.tokenizer
         self.stop_ids = stop_token_ids(self.model, self.tokenizer)
         self.suppress_ids = vision_token_ids(self.processor)
@@ -124,8 +143,10 @@ class Trainer:
         self.total_steps = self._total_steps()
         self.optimizer = self._build_optimizer()
         self.scheduler = cosine_schedule_with_warmup(self.optimizer, self.total_steps, cfg.optim.warmup_ratio)
-        self.reward = reward_fn or (self._build_reward() if cfg.mode == "grpo" else None)
+        self.reward = reward_fn or self._build_reward()
+        self.loss_fn = loss_fn or load_loss(cfg.grpo.loss)
         self.prompt_cfg = cfg.data.prompt
+        self.rollouts: list[Rollout] = []
         self.step = 0
         self.run_log = RunLog(self.run_dir, enabled=self.dist.is_main, options=cfg.log, config=to_dict(cfg))
         if resume:
@@ -133,6 +154,11 @@ class Trainer:
         elif self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+    @property
+    def mu(self) -> int:
+        """Optimizer steps per batch of rollouts (grpo.num_iterations)."""
+        return self.cfg.grpo.num_iterations
 
     # ------------------------------------------------------------------------------------------ setup
 
@@ -163,43 +189,17 @@ class Trainer:
         if self.cfg.max_steps is not None:
             return self.cfg.max_steps
         micro_batches = math.ceil(self.cfg.epochs * self.batches.batches_per_epoch)
-        mu = self.cfg.grpo.num_iterations if self.cfg.mode == "grpo" else 1
-        return max(1, micro_batches // self.cfg.batch.grad_accum) * mu
+        return max(1, micro_batches // self.cfg.batch.grad_accum) * self.mu
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
         eight_bit = {"auto": "auto", "on": True, "off": False}[o.eight_bit]
-        if not o.zero1 or not self.dist.enabled:
-            return build_optimizer(self.params, o.lr, o.betas, o.weight_decay, eight_bit=eight_bit)
-        from torch.distributed.optim import ZeroRedundancyOptimizer
-
-        use_8bit = bitsandbytes_usable() if eight_bit == "auto" else eight_bit
-        if use_8bit:
-            import bitsandbytes as bnb
-
-            optimizer_class = bnb.optim.AdamW8bit
-        else:
-            optimizer_class = torch.optim.AdamW
-        log.info("optimizer: ZeRO-1 (ZeroRedundancyOptimizer) sharding %s state", optimizer_class.__name__)
-        return ZeroRedundancyOptimizer(
-            self.params, optimizer_class=optimizer_class, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay
-        )
+        return build_optimizer(self.params, o.lr, o.betas, o.weight_decay, eight_bit=eight_bit,
+                               zero1=o.zero1 and self.dist.enabled)  # fmt: skip
 
     def _build_reward(self) -> RewardCombiner:
-        r = self.cfg.reward
-        needs_labeler = {"mccs", "cef1"} & set(r.weights)
-        labeler = (
-            make_labeler(r.labeler, r.chexbert_path, r.chexbert_tokenizer, device=str(self.dist.device))
-            if needs_labeler
-            else None
-        )
-        kwargs = {} if r.margin is None else {"margin": r.margin}
-        nlg_refs = [s.report for s in self.samples] if "nlg" in r.weights else None
-        log.info("reward: %s, labeler %s", " + ".join(f"{w} * {k}" for k, w in r.weights.items()), r.labeler)
-        return RewardCombiner(
-            r.weights, labeler=labeler, blank_match=r.blank_match, nlg_train_references=nlg_refs,
-            uncertain_as=r.uncertain_as, **kwargs,
-        )  # fmt: skip
+        training_reports = [s.report for s in self.samples]
+        return build_reward(self.cfg.reward, training_reports, device=str(self.dist.device))
 
     # ------------------------------------------------------------------------------------- log-probs
 
@@ -222,6 +222,12 @@ class Trainer:
             chunk_size=self.logprob_chunk, mask=mask,
         )  # fmt: skip
 
+    def _rollout_logprobs(self, model, ro: Rollout) -> torch.Tensor:
+        return self.completion_logprobs(
+            model, ro.inputs, ro.images, ro.prompt_len, ro.completion_ids, ro.completion_mask,
+            self.cfg.sampling.temperature,
+        )  # fmt: skip
+
     # ------------------------------------------------------------------------------------ the prompts
 
     def _next_samples(self) -> list[Sample]:
@@ -239,95 +245,133 @@ class Trainer:
     # --------------------------------------------------------------------------------------- rollout
 
     @torch.no_grad()
-    def rollout(self, samples: list[Sample]) -> Rollout:
-        """Sample G completions per study, score them, and compute what the loss needs (no gradients)."""
-        cfg, G = self.cfg, self.cfg.sampling.group_size
-        timings = {}
+    def rollout(self, micro_batches: list[list[Sample]]) -> list[Rollout]:
+        """The experience of one optimizer step, one Rollout per micro-batch (no gradients)."""
+        rollouts = [self.sample(samples) for samples in micro_batches]
+        for ro in rollouts:
+            self.score(ro)
+        self.set_advantages(rollouts)
+        for ro in rollouts:
+            self.reference_and_old_logprobs(ro)
+        return rollouts
+
+    def sample(self, samples: list[Sample]) -> Rollout:
+        """G completions per study from the current policy, appended to their prompts for the log-prob passes."""
         t = time.perf_counter()
+        G = self.cfg.sampling.group_size
         prompts, images, counts = self._encode_prompts(samples)
-        prompt_len = prompts["input_ids"].shape[1]
-
-        self.model.eval()  # no LoRA dropout while sampling
-        generated = self.engine.generate(self.model, prompts, self.sampling_params, images=images)
-        self.model.train()
-        completion_ids, completion_mask, truncated = split_completions(
-            generated.tokens, self.stop_ids, self.tokenizer.pad_token_id
+        out = self.generate(prompts, images)
+        loss_mask = out.mask & ~out.truncated[:, None] if self.cfg.sampling.mask_truncated else out.mask
+        return Rollout(
+            samples=samples,
+            inputs=append_completion(repeat_for_group(prompts, G), out.ids, out.mask),
+            images=images.repeat_per_prompt(counts, G) if images is not None else None,
+            prompt_len=prompts["input_ids"].shape[1],
+            completion_ids=out.ids,
+            completion_mask=out.mask,
+            truncated=out.truncated,
+            sample_logp=out.sample_logp,
+            loss_mask=loss_mask,
+            stats={"time/generate": time.perf_counter() - t},
         )
-        sample_logp = generated.logprobs * completion_mask if generated.logprobs is not None else None
-        timings["time/generate"] = time.perf_counter() - t
 
-        t = time.perf_counter()
-        texts = self.tokenizer.batch_decode(
-            completion_ids.masked_fill(~completion_mask, self.tokenizer.pad_token_id),
-            skip_special_tokens=True,
-        )
-        references = [s.report for s in samples for _ in range(G)]
-        keys = [s.study_id for s in samples for _ in range(G)]
-        scored = self.reward(texts, references, keys)
-        rewards = torch.as_tensor(scored.total, dtype=torch.float32, device=self.dist.device)
-        advantages = group_advantages(rewards, G, scale=cfg.grpo.adv_scale)
-        timings["time/reward"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        inputs = append_completion(repeat_for_group(prompts, G), completion_ids, completion_mask)
-        row_images = images.repeat_per_prompt(counts, G) if images is not None else None
-        loss_mask = completion_mask & ~truncated[:, None] if cfg.sampling.mask_truncated else completion_mask
-        logp_args = (
-            inputs,
-            row_images,
-            prompt_len,
-            completion_ids,
-            completion_mask,
-            cfg.sampling.temperature,
-        )
-        ref_logp = old_logp = None
-        if cfg.grpo.beta > 0:
-            with reference_policy(self.model) as reference:
-                ref_logp = self.completion_logprobs(reference, *logp_args)
-        if cfg.grpo.num_iterations > 1:
-            self.model.eval()
-            old_logp = self.completion_logprobs(self.model, *logp_args)
+    def generate(self, prompts: dict, images: ImageFeatures | None) -> Completions:
+        """The sampling call itself (``sampling.engine``): G completions per prompt, rows i*G .. i*G+G-1."""
+        self.model.eval()  # transformers turns the KV cache off under gradient checkpointing in training mode
+        try:
+            out = self.engine.generate(self.model, prompts, self.sampling_params, images=images)
+        finally:
             self.model.train()
-        timings["time/logprob_ref"] = time.perf_counter() - t
+        ids, mask, truncated = split_completions(out.tokens, self.stop_ids, self.tokenizer.pad_token_id)
+        sample_logp = out.logprobs * mask if out.logprobs is not None else None
+        return Completions(ids, mask, truncated, sample_logp)
 
-        stats = self._rollout_stats(scored, rewards, advantages, completion_mask, truncated, texts, G)
-        if old_logp is not None and sample_logp is not None:
-            stats["logprob_gap"] = logprob_gap_sum(old_logp, sample_logp, completion_mask)
-        stats.update(timings)
-        examples = [
-            {
-                "study_id": keys[i],
-                "reward": float(scored.total[i]),
-                "completion": texts[i],
-                "reference": references[i],
-            }
-            for i in range(min(len(texts), 2 * G))
-        ]
-        return Rollout(inputs, row_images, prompt_len, completion_ids, completion_mask, sample_logp, loss_mask,
-                       advantages, ref_logp, old_logp, stats, examples)  # fmt: skip
+    def score(self, ro: Rollout) -> None:
+        """The reward of each completion against its study's reference report."""
+        t = time.perf_counter()
+        G = self.cfg.sampling.group_size
+        pad = self.tokenizer.pad_token_id
+        ids = ro.completion_ids.masked_fill(~ro.completion_mask, pad)
+        ro.texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        references = [s.report for s in ro.samples for _ in range(G)]
+        keys = [s.study_id for s in ro.samples for _ in range(G)]
+        ro.scored = self.reward(ro.texts, references, keys)
+        ro.rewards = torch.as_tensor(ro.scored.total, dtype=torch.float32, device=self.dist.device)
+        ro.stats["time/reward"] = time.perf_counter() - t
 
-    def _rollout_stats(self, scored, rewards, advantages, mask, truncated, texts, G) -> dict[str, float]:
-        groups = rewards.view(-1, G)
-        formats = scored.terms.get("format")
-        if formats is None:
-            formats = np.array([format_reward(t) for t in texts], dtype=np.float32)
+    def set_advantages(self, rollouts: list[Rollout]) -> None:
+        """Eq. (2) within each group. With adv_scale=batch the spread is that of the step's whole batch,
+        all micro-batches on all ranks, as a single process holding the batch would compute it."""
+        g, G = self.cfg.grpo, self.cfg.sampling.group_size
+        batch_var = None
+        if g.adv_scale == "batch":
+            rewards = torch.cat([ro.rewards for ro in rollouts]).double()
+            moments = {"n": rewards.numel(), "sum": rewards.sum().item(), "sq": rewards.pow(2).sum().item()}
+            moments = distributed.all_reduce_sums(moments, self.dist.device)
+            batch_var = pooled_variance(moments["n"], moments["sum"], moments["sq"])
+        for ro in rollouts:
+            ro.advantages = group_advantages(ro.rewards, G, scale=g.adv_scale, batch_var=batch_var)
+            ro.stats.update(self._rollout_stats(ro))
+
+    def reference_and_old_logprobs(self, ro: Rollout) -> None:
+        """Log-probs under the frozen reference (for the KL, beta > 0) and under the policy that sampled
+        (the ratio's denominator, only when the rollouts serve mu > 1 updates)."""
+        t = time.perf_counter()
+        if self.cfg.grpo.beta > 0:
+            with reference_policy(self.model) as reference:
+                ro.ref_logp = self._rollout_logprobs(reference, ro)
+        if self.mu > 1:
+            ro.old_logp = self._rollout_logprobs(self.model, ro)
+            if ro.sample_logp is not None:
+                ro.stats["logprob_gap"] = logprob_gap_sum(ro.old_logp, ro.sample_logp, ro.completion_mask)
+        ro.stats["time/logprob_ref"] = time.perf_counter() - t
+
+    def _rollout_stats(self, ro: Rollout) -> dict[str, float]:
+        """Sums over the micro-batch, turned into the step's means at logging time (grpo/run_log.py)."""
+        rewards, groups = ro.rewards, ro.rewards.view(-1, self.cfg.sampling.group_size)
         stats = {
             "n": float(rewards.numel()),
             "groups": float(groups.shape[0]),
             "reward": rewards.sum().item(),
             "reward_sq": (rewards**2).sum().item(),
-            "adv_sq": (advantages**2).sum().item(),
-            "adv": advantages.sum().item(),
+            "adv_sq": (ro.advantages**2).sum().item(),
+            "adv": ro.advantages.sum().item(),
             "zero_std_groups": (groups.max(dim=1).values == groups.min(dim=1).values).sum().item(),
-            "completion_tokens": mask.sum().item(),
-            "truncated": truncated.sum().item(),
-            "format_ok": float((formats == 1.0).sum()),
+            "completion_tokens": ro.completion_mask.sum().item(),
+            "truncated": ro.truncated.sum().item(),
         }
-        for name, values in scored.terms.items():
+        if ro.scored.format_ok is not None:
+            stats["format_ok"] = float(np.sum(ro.scored.format_ok))
+        for name, values in ro.scored.terms.items():
             stats[f"reward/{name}"] = float(np.sum(values))
         return stats
 
+    def _examples(self, ro: Rollout) -> list[dict]:
+        """A few decoded completions with their rewards, for samples.jsonl."""
+        G = self.cfg.sampling.group_size
+        return [
+            {"study_id": ro.samples[i // G].study_id, "reward": float(ro.scored.total[i]),
+             "completion": ro.texts[i], "reference": ro.samples[i // G].report}
+            for i in range(min(len(ro.texts), 2 * G))
+        ]  # fmt: skip
+
     # ---------------------------------------------------------------------------------------- update
+
+    def train_step(self) -> dict[str, float]:
+        """The gradients of one optimizer step: fresh rollouts every mu steps, then eq. (1) over them."""
+        fresh = self.step % self.mu == 0
+        if fresh:
+            self.rollouts = self.rollout([self._next_samples() for _ in range(self.cfg.batch.grad_accum)])
+        t = time.perf_counter()
+        sums = self.grpo_update(self.rollouts)
+        sums["time/train"] = time.perf_counter() - t
+        for ro in self.rollouts:
+            for key, value in ro.stats.items():
+                if fresh or not key.startswith("time/"):
+                    sums[key] = sums.get(key, 0.0) + value
+        if (self.step + 1) % self.cfg.sample_every == 0:
+            self.run_log.samples(self.step + 1, self._examples(self.rollouts[0]))
+        return sums
 
     def _no_sync(self, last: bool):
         """DDP all-reduces gradients only on the last micro-step of an optimizer step."""
@@ -336,61 +380,30 @@ class Trainer:
         return self.ddp.no_sync()
 
     def grpo_update(self, rollouts: list[Rollout]) -> dict[str, float]:
-        """One optimizer step over the micro-batches of rollouts: eq. (1) on each, gradients averaged."""
-        g = self.cfg.grpo
-        sums: dict[str, float] = {}
+        """Eq. (1) on each micro-batch; the losses add up to the step's loss over all micro-batches and
+        ranks, whose token and sequence counts are the aggregation's denominators (docs/design.md)."""
+        counts = {"tokens": sum(ro.loss_mask.sum().item() for ro in rollouts),
+                  "sequences": sum(ro.loss_mask.shape[0] for ro in rollouts)}  # fmt: skip
+        counts = distributed.all_reduce_sums(counts, self.dist.device)
+        world = self.dist.world_size  # DDP averages the ranks' gradients: scale back up to their sum
+        sums = {"loss": 0.0, "micro_batches": float(len(rollouts))}
         for k, ro in enumerate(rollouts):
             with self._no_sync(last=k == len(rollouts) - 1):
-                logp = self.completion_logprobs(
-                    self._forward_model(True), ro.inputs, ro.images, ro.prompt_len, ro.completion_ids,
-                    ro.completion_mask, self.cfg.sampling.temperature,
+                batch = LossInputs(
+                    logp=self._rollout_logprobs(self._forward_model(True), ro), old_logp=ro.old_logp,
+                    ref_logp=ro.ref_logp, advantages=ro.advantages, mask=ro.loss_mask,
+                    max_length=self.cfg.sampling.max_new_tokens, step_tokens=counts["tokens"],
+                    step_sequences=counts["sequences"],
                 )  # fmt: skip
-                loss, stats = grpo_loss(
-                    logp, ro.old_logp, ro.ref_logp, ro.advantages, ro.loss_mask, eps_low=g.eps_low,
-                    eps_high=g.eps_high, beta=g.beta, aggregation=g.aggregation,
-                    max_length=self.cfg.sampling.max_new_tokens,
-                )  # fmt: skip
-                (loss / len(rollouts)).backward()
+                loss, stats = self.loss_fn(batch, self.cfg.grpo)
+                (loss * world).backward()
             if ro.old_logp is None and ro.sample_logp is not None:  # mu = 1: this is the first recomputation
-                sums["logprob_gap"] = sums.get("logprob_gap", 0.0) + logprob_gap_sum(
-                    logp.detach(), ro.sample_logp, ro.completion_mask
-                )
-            sums["loss"] = sums.get("loss", 0.0) + loss.item() / len(rollouts)
-            for key in ("kl", "clip_frac", "clip_frac_low", "clip_frac_high", "ratio_mean"):
-                if key == "kl" and ro.ref_logp is None:
-                    continue  # beta = 0: no reference pass, no KL to report
-                sums[key] = sums.get(key, 0.0) + stats[key].item() / len(rollouts)
+                gap = logprob_gap_sum(batch.logp.detach(), ro.sample_logp, ro.completion_mask)
+                sums["logprob_gap"] = sums.get("logprob_gap", 0.0) + gap
+            sums["loss"] += loss.item()
+            for name, value in stats.items():
+                sums[f"loss/{name}"] = sums.get(f"loss/{name}", 0.0) + float(value)
         return sums
-
-    def sft_update(self, batches: list[list[Sample]]) -> dict[str, float]:
-        """One optimizer step of token cross-entropy on the reference reports (the SFT baseline)."""
-        sums = {"loss": 0.0, "completion_tokens": 0.0, "n": 0.0}
-        for k, samples in enumerate(batches):
-            with self._no_sync(last=k == len(batches) - 1):
-                prompts, images, counts = self._encode_prompts(samples)
-                targets = [self.cfg.sft.target_template.format(report=s.report) for s in samples]
-                ids, mask = self._tokenize_targets(targets)
-                inputs = append_completion(prompts, ids, mask)
-                logp = self.completion_logprobs(
-                    self._forward_model(True), inputs, images, prompts["input_ids"].shape[1], ids, mask, 1.0
-                )
-                loss = -(logp * mask).sum() / mask.sum()
-                (loss / len(batches)).backward()
-            sums["loss"] += loss.item() / len(batches)
-            sums["completion_tokens"] += mask.sum().item()
-            sums["n"] += len(samples)
-        return sums
-
-    def _tokenize_targets(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded target ids, each ending with the end-of-turn token the policy must learn to stop on."""
-        rows = [self.tokenizer(t, add_special_tokens=False)["input_ids"] + [self.stop_ids[0]] for t in texts]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.bool)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = True
-        return ids.to(self.dist.device), mask.to(self.dist.device)
 
     def optimizer_step(self) -> tuple[float, float]:
         """Clip, step, schedule. Returns (grad norm before clipping, lr used)."""
@@ -408,26 +421,11 @@ class Trainer:
         """Run until ``total_steps`` (or ``stop_after`` steps, to simulate an interruption in tests).
         Returns the folder of the final adapter."""
         cfg = self.cfg
-        mu = cfg.grpo.num_iterations if cfg.mode == "grpo" else 1
         progress = tqdm(total=self.total_steps, initial=self.step, disable=not self.dist.is_main,
-                        desc=cfg.mode.upper(), dynamic_ncols=True)  # fmt: skip
-        rollouts: list[Rollout] = []
+                        desc=self.mode.upper(), dynamic_ncols=True)  # fmt: skip
         while self.step < self.total_steps and (stop_after is None or self.step < stop_after):
             t0 = time.perf_counter()
-            if cfg.mode == "grpo":
-                fresh = self.step % mu == 0  # with mu > 1, each batch of rollouts serves mu optimizer steps
-                if fresh:
-                    rollouts = [self.rollout(self._next_samples()) for _ in range(cfg.batch.grad_accum)]
-                t = time.perf_counter()
-                sums = self.grpo_update(rollouts)
-                for ro in rollouts:
-                    for key, value in ro.stats.items():
-                        if fresh or not key.startswith("time/"):
-                            sums[key] = sums.get(key, 0.0) + value
-            else:
-                t = time.perf_counter()
-                sums = self.sft_update([self._next_samples() for _ in range(cfg.batch.grad_accum)])
-            sums["time/train"] = time.perf_counter() - t
+            sums = self.train_step()
             t = time.perf_counter()
             grad_norm, lr = self.optimizer_step()
             sums["time/optim"] = time.perf_counter() - t
@@ -436,9 +434,7 @@ class Trainer:
             if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                 row = self._metrics_row(sums, grad_norm, lr, step_time)
                 self.run_log.metrics(row)
-                progress.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "reward", "kl") if k in row})
-            if cfg.mode == "grpo" and rollouts and self.step % cfg.sample_every == 0:
-                self.run_log.samples(self.step, rollouts[0].samples)
+                progress.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "reward", "loss/kl") if k in row})
             progress.update(1)
             if self.step % cfg.save_every == 0 or self.step == self.total_steps:
                 self.save()
@@ -452,16 +448,15 @@ class Trainer:
         return final
 
     def _metrics_row(self, sums: dict, grad_norm: float, lr: float, step_time: float) -> dict:
-        """Reduce the step's sums over ranks into the metrics.jsonl row (see grpo/run_log.py)."""
-        world = self.dist.world_size
+        """Reduce the step's sums over ranks into the metrics.jsonl row (see grpo/run_log.py): ``loss`` is
+        summed (each rank logs its share), every ``loss/<name>`` averaged over micro-batches and ranks."""
         timings = {k: v for k, v in sums.items() if k.startswith("time/")}
-        mean_keys = ("loss", "kl", "clip_frac", "clip_frac_low", "clip_frac_high", "ratio_mean")
         counts = {k: v for k, v in sums.items() if not k.startswith("time/")}
         total = distributed.all_reduce_sums(counts, self.dist.device)
-        row: dict = {"step": self.step}
-        for key in mean_keys:
-            if key in total:
-                row[key] = total[key] / world
+        row: dict = {"step": self.step, "loss": total["loss"]}
+        micro_batches = max(total.get("micro_batches", 1.0), 1.0)
+        for key in sorted(k for k in total if k.startswith("loss/")):
+            row[key] = total[key] / micro_batches
         n = max(total.get("n", 0.0), 1.0)
         if "reward" in total:
             row["reward"] = total["reward"] / n
@@ -471,6 +466,7 @@ class Trainer:
             row["adv_std"] = math.sqrt(max(total["adv_sq"] / n - (total["adv"] / n) ** 2, 0.0))
             row["frac_zero_std_groups"] = total["zero_std_groups"] / max(total["groups"], 1.0)
             row["truncated_frac"] = total["truncated"] / n
+        if "format_ok" in total:
             row["format_ok"] = total["format_ok"] / n
         row["completion_len"] = total.get("completion_tokens", 0.0) / n
         if "logprob_gap" in total:  # mean |engine log-prob - recomputed log-prob| per completion token
@@ -526,32 +522,9 @@ class Trainer:
 
 def logprob_gap_sum(recomputed: torch.Tensor, sampled: torch.Tensor, mask: torch.Tensor) -> float:
     """Sum over completion tokens of |log-prob the loss computes - log-prob the rollout engine computed|: both
-    are log_softmax(logits / T) of the same tokens, so this is numerical drift (plus LoRA dropout in the
-    training pass when it is on), logged per token as ``rollout/logprob_gap``."""
+    are log_softmax(logits / T) of the same tokens (LoRA dropout is 0 in GRPO), so this is numerical drift,
+    logged per token as ``rollout/logprob_gap``."""
     return ((recomputed - sampled).abs() * mask).sum().item()
-
-
-def split_completions(
-    tokens: torch.Tensor, stop_ids: list[int], pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Generated tokens -> (ids, mask, truncated). The mask covers each row up to and including its first
-    stop token; rows without one were cut by max_new_tokens (``truncated``). Ids after the mask are pad."""
-    is_stop = torch.isin(tokens, torch.tensor(stop_ids, device=tokens.device))
-    has_stop = is_stop.any(dim=1)
-    first_stop = torch.where(has_stop, is_stop.int().argmax(dim=1), tokens.shape[1] - 1)
-    positions = torch.arange(tokens.shape[1], device=tokens.device)
-    mask = positions[None, :] <= first_stop[:, None]
-    return tokens.masked_fill(~mask, pad_id), mask, ~has_stop
-
-
-def stop_token_ids(model, tokenizer) -> list[int]:
-    """End-of-turn ids: the tokenizer's eos first (what SFT targets end with), then generation_config's."""
-    ids = [tokenizer.convert_tokens_to_ids("<|im_end|>")] if "<|im_end|>" in tokenizer.get_vocab() else []
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids.extend(configured if isinstance(configured, list) else [configured] if configured is not None else [])
-    return list(dict.fromkeys(ids))
 
 
 def load_policy_weights(model, adapter_dir: Path) -> None:

@@ -143,6 +143,28 @@ def reference_policy(model: PeftModel) -> Iterator[PeftModel]:
         model.train(was_training)
 
 
+def set_lora_dropout(model: nn.Module, p: float) -> int:
+    """Set the dropout probability on the input of every LoRA adapter; returns how many were set.
+
+    GRPO sets 0 so that every pass (sampling, reference, old and the policy's update) computes the same
+    function while the modules stay in training mode, where transformers runs gradient checkpointing;
+    ``model.eval()`` would turn that off. A dropout of 0 returns its input untouched and draws no random
+    numbers. Adapters built with dropout 0 have no dropout module (peft uses an identity) and are skipped.
+    """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"LoRA dropout must be in [0, 1), got {p!r}")
+    dropouts = [
+        dropout
+        for module in model.modules()
+        if isinstance(getattr(module, "lora_dropout", None), nn.ModuleDict)
+        for dropout in module.lora_dropout.values()
+        if isinstance(dropout, nn.Dropout)
+    ]
+    for dropout in dropouts:
+        dropout.p = p
+    return len(dropouts)
+
+
 def save_adapter(model: PeftModel, out_dir: str | Path, adapter_name: str = POLICY) -> Path:
     """Save one adapter in peft's layout (adapter_config.json + adapter_model.safetensors) directly in
     `out_dir`, so `PeftModel.from_pretrained(base, out_dir)` loads it."""

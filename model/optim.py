@@ -35,9 +35,11 @@ def build_optimizer(
     betas: tuple[float, float] = (0.9, 0.99),
     weight_decay: float = 0.1,
     eight_bit: bool | str = "auto",
+    zero1: bool = False,
 ) -> torch.optim.Optimizer:
     """AdamW over `params`. eight_bit: "auto" (bitsandbytes AdamW8bit when usable), True (required: error if
-    not usable) or False (torch AdamW)."""
+    not usable) or False (torch AdamW). zero1: shard the optimizer state across the ranks of the process
+    group (torch's ZeroRedundancyOptimizer, the plain-PyTorch ZeRO-1); needs an initialized group."""
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError("build_optimizer got no trainable parameters (none has requires_grad=True)")
@@ -48,6 +50,19 @@ def build_optimizer(
     use_8bit = bitsandbytes_usable() if eight_bit == "auto" else eight_bit
     if use_8bit and not bitsandbytes_usable():
         raise RuntimeError("eight_bit=True needs CUDA and an importable bitsandbytes")
+    if zero1:
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        if use_8bit:
+            import bitsandbytes as bnb
+
+            optimizer_class = bnb.optim.AdamW8bit
+        else:
+            optimizer_class = torch.optim.AdamW
+        logger.info("optimizer: ZeRO-1 (ZeroRedundancyOptimizer) sharding %s state", optimizer_class.__name__)
+        return ZeroRedundancyOptimizer(
+            params, optimizer_class=optimizer_class, lr=lr, betas=betas, weight_decay=weight_decay
+        )
     if use_8bit:
         import bitsandbytes as bnb
 

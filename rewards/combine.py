@@ -15,13 +15,14 @@ key is seen: the reference of a study never changes, so its labels are never rec
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from rewards.cef1 import ce_f1_reward
-from rewards.format import extract_report, format_reward
+from rewards.format import FULL_CREDIT, extract_report, format_reward
 from rewards.labels import NUM_OBSERVATIONS, validate_codes
 from rewards.mccs import DEFAULT_MARGIN, check_margin, mccs_from_codes
 
@@ -29,14 +30,18 @@ TERM_NAMES = ("mccs", "format", "cef1", "nlg")
 LABEL_TERMS = frozenset({"mccs", "cef1"})
 PAPER_WEIGHTS: dict[str, float] = {"mccs": 0.75, "format": 0.25}
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class RewardOutput:
-    """Rewards for N completions: the weighted ``total`` and each unweighted term, all ``(N,)`` float32."""
+    """Rewards for N completions: the weighted ``total`` and each unweighted term, all ``(N,)`` float32,
+    and, when the reward knows it, each completion's full format compliance (``format_ok``, bool)."""
 
     total: np.ndarray
     terms: dict[str, np.ndarray] = field(default_factory=dict)
     report_texts: list[str] = field(default_factory=list)
+    format_ok: np.ndarray | None = None
 
 
 class RewardCombiner:
@@ -102,15 +107,19 @@ class RewardCombiner:
                 terms["mccs"] = mccs_from_codes(pred_codes, ref_codes, self.margin, self.blank_match)
             if "cef1" in self.weights:
                 terms["cef1"] = ce_f1_reward(pred_codes, ref_codes, uncertain_as=self.uncertain_as)
+        format_scores = np.array([format_reward(c) for c in completions], dtype=np.float64)
         if "format" in self.weights:
-            terms["format"] = np.array([format_reward(c) for c in completions], dtype=np.float64)
+            terms["format"] = format_scores
         if "nlg" in self.weights:
             terms["nlg"] = self.nlg(reports, list(references))
         total = np.zeros(len(completions), dtype=np.float64)
         for name, weight in self.weights.items():
             total += weight * terms[name]
         ordered = {name: terms[name].astype(np.float32) for name in self.weights}
-        return RewardOutput(total=total.astype(np.float32), terms=ordered, report_texts=reports)
+        return RewardOutput(
+            total=total.astype(np.float32), terms=ordered, report_texts=reports,
+            format_ok=format_scores == FULL_CREDIT,
+        )  # fmt: skip
 
     def _label(self, texts: list[str]) -> np.ndarray:
         codes = validate_codes(self.labeler.label(texts))
@@ -148,6 +157,24 @@ class RewardCombiner:
         if not ref_keys:
             return np.zeros((0, NUM_OBSERVATIONS), dtype=np.int64)
         return np.stack([self._reference_labels[key] for key in ref_keys])
+
+
+def build_reward(cfg, training_reports: Sequence[str], device: str = "cpu") -> RewardCombiner:
+    """The combiner a run's ``reward`` config section describes (``grpo.config.RewardConfig``): the
+    labeler is built only when a term needs it, and the training reports only feed ``nlg``'s CIDEr-D."""
+    from rewards.labelers import make_labeler
+
+    labeler = None
+    if LABEL_TERMS & set(cfg.weights):
+        labeler = make_labeler(cfg.labeler, cfg.chexbert_path, cfg.chexbert_tokenizer, device=device)
+    margin = {} if cfg.margin is None else {"margin": cfg.margin}
+    logger.info(
+        "reward: %s, labeler %s", " + ".join(f"{w} * {k}" for k, w in cfg.weights.items()), cfg.labeler
+    )
+    return RewardCombiner(
+        cfg.weights, labeler=labeler, blank_match=cfg.blank_match, uncertain_as=cfg.uncertain_as,
+        nlg_train_references=list(training_reports) if "nlg" in cfg.weights else None, **margin,
+    )  # fmt: skip
 
 
 def _check_weights(weights: Mapping[str, float]) -> dict[str, float]:

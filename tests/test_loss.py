@@ -6,9 +6,16 @@ import pytest
 import torch
 
 from grpo.advantages import group_advantages
-from grpo.loss import clipped_surrogate, grpo_loss, kl_k3
+from grpo.config import GRPOConfig
+from grpo.loss import LossInputs, clipped_surrogate, grpo_loss, kl_k3
 
 AGGREGATIONS = ("sequence", "token", "dr_grpo")
+
+
+def one_batch_loss(logp, old_logp, ref_logp, advantages, mask, max_length=None, **options):
+    """grpo_loss of one batch that is the whole step, with these grpo config options."""
+    batch = LossInputs(logp, old_logp, ref_logp, advantages, mask, max_length=max_length)
+    return grpo_loss(batch, GRPOConfig(**options))
 
 
 # ----------------------------------------------------------------------------------------------- k3
@@ -138,7 +145,7 @@ def test_padding_tokens_change_nothing_in_loss_gradient_or_stats(aggregation):
     results = []
     for garbage in (0.0, 5.0, float("nan")):
         leaf = torch.where(mask, logp, garbage).requires_grad_()
-        loss, stats = grpo_loss(
+        loss, stats = one_batch_loss(
             leaf,
             torch.where(mask, old, -garbage),
             torch.where(mask, ref, garbage),
@@ -160,8 +167,8 @@ def test_padding_tokens_change_nothing_in_loss_gradient_or_stats(aggregation):
     wide = torch.nn.functional.pad(logp, (0, 3), value=-1.0)
     wide_mask = torch.nn.functional.pad(mask, (0, 3), value=False)
     wide_old = torch.nn.functional.pad(old, (0, 3), value=7.0)
-    wide_loss, _ = grpo_loss(wide, wide_old, None, adv, wide_mask, beta=0.0, aggregation=aggregation)
-    narrow_loss, _ = grpo_loss(logp, old, None, adv, mask, beta=0.0, aggregation=aggregation)
+    wide_loss, _ = one_batch_loss(wide, wide_old, None, adv, wide_mask, beta=0.0, aggregation=aggregation)
+    narrow_loss, _ = one_batch_loss(logp, old, None, adv, mask, beta=0.0, aggregation=aggregation)
     if aggregation == "dr_grpo":
         torch.testing.assert_close(wide_loss * 9, narrow_loss * 6)  # normalizer N*9 vs N*6
     else:
@@ -179,7 +186,7 @@ def test_sequence_token_and_dr_grpo_aggregations_on_ragged_lengths_hand_computed
         "dr_grpo": -(2.0 + 3 * 1.0) / (2 * 5),  # N * max_length = 2 * 5: -0.5
     }
     for aggregation, value in expected.items():
-        loss, _ = grpo_loss(logp, logp, None, adv, mask, beta=0.0, aggregation=aggregation, max_length=5)
+        loss, _ = one_batch_loss(logp, logp, None, adv, mask, beta=0.0, aggregation=aggregation, max_length=5)
         assert loss.item() == pytest.approx(value), aggregation
 
 
@@ -194,7 +201,7 @@ def test_at_ratio_one_and_beta_zero_the_gradient_is_the_weighted_policy_gradient
     adv = group_advantages(torch.tensor([0.9, 0.1, 0.5, 0.3], dtype=torch.float64), 2)
 
     logp = logits.log_softmax(-1).gather(-1, tokens[..., None]).squeeze(-1)
-    loss, stats = grpo_loss(
+    loss, stats = one_batch_loss(
         logp, None, None, adv, mask, beta=0.0, aggregation=aggregation, max_length=max_length
     )
     loss.backward()
@@ -217,7 +224,7 @@ def test_kl_term_pulls_logp_towards_the_reference(aggregation):
     logp = torch.tensor([[-0.5, -2.0, -1.0], [-3.0, -0.2, -1.5]], dtype=torch.float64, requires_grad=True)
     ref = torch.tensor([[-1.5, -1.0, -1.0], [-2.0, -0.9, -1.4]], dtype=torch.float64)
     mask = torch.ones(2, 3, dtype=torch.bool)
-    loss, stats = grpo_loss(logp, None, ref, torch.zeros(2), mask, beta=0.5, aggregation=aggregation)
+    loss, stats = one_batch_loss(logp, None, ref, torch.zeros(2), mask, beta=0.5, aggregation=aggregation)
     loss.backward()
     # zero advantage: the loss is beta * mean k3, and its gradient beta * w * (1 - exp(ref - logp))
     k3 = kl_k3(logp.detach(), ref)
@@ -236,7 +243,7 @@ def test_stats_are_detached_scalars_on_real_tokens_only_hand_computed():
     mask = torch.tensor([[True, True], [True, False]])
     adv = torch.tensor([1.0, -2.0])
     ref = logp.detach().clone()
-    loss, stats = grpo_loss(logp, torch.zeros(2, 2), ref, adv, mask, beta=0.04)
+    loss, stats = one_batch_loss(logp, torch.zeros(2, 2), ref, adv, mask, beta=0.04)
     assert set(stats) >= {"kl", "clip_frac_low", "clip_frac_high", "clip_frac", "ratio_mean", "adv_mean"}
     for value in stats.values():
         assert value.dim() == 0 and not value.requires_grad and value.dtype == torch.float32
@@ -250,19 +257,19 @@ def test_stats_are_detached_scalars_on_real_tokens_only_hand_computed():
     assert loss.item() == pytest.approx(-(1.1 + -1.6) / 2)
 
 
-def test_without_reference_the_kl_stat_is_nan_and_old_logp_none_means_detached_logp():
+def test_without_reference_there_is_no_kl_stat_and_old_logp_none_means_detached_logp():
     logp, _, _, adv, mask = _batch()
-    loss_none, stats = grpo_loss(logp.clone().requires_grad_(), None, None, adv, mask, beta=0.0)
-    loss_detached, _ = grpo_loss(logp, logp.detach(), None, adv, mask, beta=0.0)
+    loss_none, stats = one_batch_loss(logp.clone().requires_grad_(), None, None, adv, mask, beta=0.0)
+    loss_detached, _ = one_batch_loss(logp, logp.detach(), None, adv, mask, beta=0.0)
     torch.testing.assert_close(loss_none, loss_detached)
-    assert math.isnan(stats["kl"].item())
+    assert "kl" not in stats  # no reference, no KL to report
 
 
 def test_numeric_zero_one_mask_equals_bool_mask():
     logp, old, ref, adv, mask = _batch()
-    as_bool, _ = grpo_loss(logp, old, ref, adv, mask)
-    as_float, _ = grpo_loss(logp, old, ref, adv, mask.double())
-    as_long, _ = grpo_loss(logp, old, ref, adv, mask.long())
+    as_bool, _ = one_batch_loss(logp, old, ref, adv, mask)
+    as_float, _ = one_batch_loss(logp, old, ref, adv, mask.double())
+    as_long, _ = one_batch_loss(logp, old, ref, adv, mask.long())
     torch.testing.assert_close(as_float, as_bool, rtol=0, atol=0)
     torch.testing.assert_close(as_long, as_bool, rtol=0, atol=0)
 
@@ -286,7 +293,7 @@ def test_grpo_loss_bad_input_raises_a_clear_value_error(kwargs, message):
     args = {"logp": logp, "old_logp": old, "ref_logp": ref, "advantages": adv, "mask": mask}
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
-        grpo_loss(**args)
+        one_batch_loss(**args)
 
 
 def test_walkthrough_numbers_in_docs_grpo_md():
@@ -324,7 +331,7 @@ def test_walkthrough_numbers_in_docs_grpo_md():
     expected_loss = {"sequence": -0.07051, "token": -0.24765, "dr_grpo": -0.18573}
     for aggregation, value in expected_loss.items():
         leaf = logp.clone().requires_grad_()
-        loss, stats = grpo_loss(leaf, old, ref, adv, mask, beta=0.04, aggregation=aggregation)
+        loss, stats = one_batch_loss(leaf, old, ref, adv, mask, beta=0.04, aggregation=aggregation)
         assert loss.item() == pytest.approx(value, abs=1e-5), aggregation
         loss.backward()
         if aggregation == "sequence":
@@ -337,3 +344,60 @@ def test_walkthrough_numbers_in_docs_grpo_md():
     assert stats["kl"].item() == pytest.approx(0.01868, abs=1e-5)
     assert stats["ratio_mean"].item() == pytest.approx(1.01139, abs=1e-5)
     assert stats["adv_mean"].item() == pytest.approx(0.21082, abs=1e-5)
+
+
+# ------------------------------------------------------------------------------------ the step's shares
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_micro_batch_shares_with_the_step_counts_add_up_to_the_whole_batch_loss_and_gradient(aggregation):
+    """Split a ragged batch into micro-batches of unequal token counts: with step_tokens / step_sequences
+    the shares sum to the loss (and gradient) of the batch seen at once, for every aggregation."""
+    logp, old, ref, adv, mask = _batch()
+    cfg = GRPOConfig(beta=0.1, aggregation=aggregation)
+    whole_leaf = logp.clone().requires_grad_()
+    whole, _ = grpo_loss(LossInputs(whole_leaf, old, ref, adv, mask, max_length=8), cfg)
+    whole.backward()
+
+    parts_leaf = logp.clone().requires_grad_()
+    step = {"step_tokens": float(mask.sum()), "step_sequences": float(mask.shape[0]), "max_length": 8}
+    total = 0.0
+    for rows in ([0], [1, 2, 3]):  # 6 tokens, then 2 + 4 + 1
+        part = LossInputs(parts_leaf[rows], old[rows], ref[rows], adv[rows], mask[rows], **step)
+        share, _ = grpo_loss(part, cfg)
+        share.backward()
+        total = total + share.detach()
+    torch.testing.assert_close(total, whole.detach())
+    torch.testing.assert_close(parts_leaf.grad, whole_leaf.grad)
+    if aggregation == "token":  # and the old per-micro-batch token mean would not have
+        per_batch = [one_batch_loss(logp[r], old[r], ref[r], adv[r], mask[r], beta=0.1, aggregation="token")[0]
+                     for r in ([0], [1, 2, 3])]  # fmt: skip
+        assert not torch.allclose(sum(per_batch) / 2, whole.detach())
+
+
+# ----------------------------------------------------------------------------------------- kl_clamp
+
+
+def test_kl_clamp_bounds_the_log_ratio_and_stops_the_pull_beyond_it():
+    logp = torch.tensor([-12.0, -1.0, -0.5], dtype=torch.float64, requires_grad=True)
+    ref = torch.tensor([-1.0, -1.3, -0.5], dtype=torch.float64)  # log-ratios 11, -0.3, 0
+    free = kl_k3(logp, ref)
+    clamped = kl_k3(logp, ref, clamp=2.0)
+    assert free[0].item() == pytest.approx(math.exp(11) - 12)  # one token worth ~6e4
+    assert clamped[0].item() == pytest.approx(math.exp(2) - 3)  # bounded at the clamp
+    torch.testing.assert_close(clamped[1:], free[1:])  # inside the bound: unchanged
+    clamped.sum().backward()
+    # d k3 / d logp = 1 - exp(ref - logp) inside the bound (raises a too-unlikely token), 0 beyond it
+    expected = torch.tensor([0.0, 1 - math.exp(-0.3), 0.0], dtype=torch.float64)
+    torch.testing.assert_close(logp.grad, expected)
+    with pytest.raises(ValueError, match="clamp"):
+        kl_k3(logp, ref, clamp=0.0)
+
+
+def test_grpo_loss_applies_kl_clamp_from_its_config():
+    logp, old, ref, adv, mask = _batch()
+    ref = ref.clone()
+    ref[0, 0] = logp[0, 0] + 9.0  # one token the policy now finds far less likely than the reference
+    free, free_stats = one_batch_loss(logp, old, ref, adv, mask, beta=0.1)
+    bounded, stats = one_batch_loss(logp, old, ref, adv, mask, beta=0.1, kl_clamp=1.0)
+    assert stats["kl"] < free_stats["kl"] / 100 and bounded < free

@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from grpo.config import load_config
-from grpo.trainer import TIMING_KEYS, Trainer, split_completions
+from grpo.sft import SFTTrainer
+from grpo.trainer import TIMING_KEYS, Trainer
 from rewards.combine import RewardOutput
 
 
@@ -37,15 +37,6 @@ def letter_e_reward(completions, references, keys):
 
 def read_metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def test_split_completions_masks_through_the_first_stop_token_and_flags_truncation():
-    pad, eos = 0, 9
-    tokens = torch.tensor([[5, 6, eos, 7, eos], [5, 6, 7, 8, 4], [eos, 3, 3, 3, 3]])
-    ids, mask, truncated = split_completions(tokens, [eos], pad)
-    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
-    assert truncated.tolist() == [False, True, False]
-    assert ids.tolist() == [[5, 6, eos, pad, pad], [5, 6, 7, 8, 4], [eos, pad, pad, pad, pad]]
 
 
 def test_grpo_raises_the_reward_of_a_planted_task(tiny_model_dir, world, tmp_path):
@@ -100,7 +91,7 @@ def test_a_run_folder_holds_config_metrics_samples_checkpoints_and_final_adapter
     trainer.close()
     assert (tmp_path / "config.yaml").is_file()
     rows = read_metrics(tmp_path)
-    required = {"step", "reward", "reward/mccs", "reward/format", "kl", "clip_frac", "loss", "adv_std",
+    required = {"step", "reward", "reward/mccs", "reward/format", "loss/kl", "loss/clip_frac", "loss", "adv_std",
                 "frac_zero_std_groups", "completion_len", "format_ok", "lr", "step_time_s", "tokens_per_s"}  # fmt: skip
     assert required <= rows[-1].keys()
     assert len((tmp_path / "samples.jsonl").read_text().splitlines()) > 0
@@ -111,7 +102,7 @@ def test_a_run_folder_holds_config_metrics_samples_checkpoints_and_final_adapter
 
 def test_sft_lowers_the_cross_entropy_of_the_reference_reports(tiny_model_dir, world, tmp_path):
     cfg = make_cfg(tiny_model_dir, world, tmp_path, "mode=sft", "max_steps=12", "optim.lr=0.01")
-    trainer = Trainer(cfg)
+    trainer = SFTTrainer(cfg)
     trainer.train()
     trainer.close()
     losses = [row["loss"] for row in read_metrics(tmp_path)]
@@ -127,8 +118,8 @@ def test_num_iterations_reuses_rollouts_and_moves_the_ratio_off_one(tiny_model_d
     trainer.close()
     first, second = read_metrics(tmp_path)
     assert first["reward"] == second["reward"] and "time/generate" not in second
-    assert first["ratio_mean"] == pytest.approx(1.0, abs=1e-6)
-    assert second["ratio_mean"] != pytest.approx(1.0, abs=1e-6)
+    assert first["loss/ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+    assert second["loss/ratio_mean"] != pytest.approx(1.0, abs=1e-6)
 
 
 def test_mask_truncated_drops_completions_cut_by_max_new_tokens_from_the_loss(
@@ -166,3 +157,38 @@ def test_hf_engine_trains_and_reports_no_gap(tiny_model_dir, world, tmp_path):
     trainer.close()
     (row,) = read_metrics(tmp_path)
     assert "rollout/logprob_gap" not in row and row["completion_len"] > 0
+
+
+def test_grpo_passes_run_without_lora_dropout_and_with_gradient_checkpointing(
+    tiny_model_dir, world, tmp_path
+):
+    """The paper's LoRA dropout 0.05, mu = 2 and gradient checkpointing: the update's log-probs come from the
+    same function that sampled, so the first pass over each batch of rollouts has a ratio of exactly 1 and,
+    from a fresh adapter (policy = reference), a KL of exactly 0; the update pass still recomputes its
+    activations in the backward pass (checkpointing runs only in training mode)."""
+    from model.loading import unwrap_model
+
+    cfg = make_cfg(tiny_model_dir, world, tmp_path, "max_steps=4", "save_every=2", "grpo.num_iterations=2",
+                   "model.lora.dropout=0.05", "model.gradient_checkpointing=true", "grpo.beta=0.04")  # fmt: skip
+    trainer = Trainer(cfg, reward_fn=letter_e_reward)
+    # a pre-hook inside the checkpointed forward: the recomputation may stop early, after the last saved tensor
+    attention = unwrap_model(trainer.model).model.language_model.layers[0].self_attn
+    layer_calls = []
+    attention.register_forward_pre_hook(lambda *_: layer_calls.append(1))
+    update_calls = []
+    update = trainer.grpo_update
+
+    def counted_update(rollouts):
+        before = len(layer_calls)
+        sums = update(rollouts)
+        update_calls.append(len(layer_calls) - before)
+        return sums
+
+    trainer.grpo_update = counted_update
+    trainer.train()
+    trainer.close()
+    rows = read_metrics(tmp_path)
+    assert update_calls == [2, 2, 2, 2]  # forward, then its recomputation during backward
+    assert rows[0]["loss/kl"] == 0.0
+    assert rows[0]["loss/ratio_mean"] == 1.0 and rows[2]["loss/ratio_mean"] == 1.0  # fresh rollouts
+    assert rows[1]["loss/ratio_mean"] != 1.0 and rows[3]["loss/ratio_mean"] != 1.0  # reused ones

@@ -1,0 +1,63 @@
+"""Supervised fine-tuning: token cross-entropy on the reference reports (the paper's "Base + SFT" row of
+Table II, and the demo's warm start before GRPO).
+
+It shares the GRPO trainer's setup, optimizer, logging and checkpoints (grpo/trainer.py); only the step
+differs, and LoRA dropout stays on (it regularizes SFT; GRPO turns it off, docs/design.md).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from data.batching import append_completion
+from grpo.trainer import Trainer
+
+
+class SFTTrainer(Trainer):
+    mode = "sft"
+    mu = 1  # one optimizer step per batch
+    keeps_lora_dropout = True
+
+    def _build_reward(self):
+        return None
+
+    def train_step(self) -> dict[str, float]:
+        """The gradients of one optimizer step: mean token cross-entropy of each micro-batch's targets."""
+        batches = [self._next_samples() for _ in range(self.cfg.batch.grad_accum)]
+        t = time.perf_counter()
+        share = 1.0 / (len(batches) * self.dist.world_size)  # the logged loss is summed over ranks
+        sums = {"loss": 0.0, "completion_tokens": 0.0, "n": 0.0}
+        for k, samples in enumerate(batches):
+            with self._no_sync(last=k == len(batches) - 1):
+                prompts, images, _ = self._encode_prompts(samples)
+                targets = [self.cfg.sft.target_template.format(report=s.report) for s in samples]
+                ids, mask = self._tokenize_targets(targets)
+                inputs = append_completion(prompts, ids, mask)
+                logp = self.completion_logprobs(
+                    self._forward_model(True), inputs, images, prompts["input_ids"].shape[1], ids, mask, 1.0
+                )
+                loss = -(logp * mask).sum() / mask.sum()
+                (loss / len(batches)).backward()
+            sums["loss"] += loss.item() * share
+            sums["completion_tokens"] += mask.sum().item()
+            sums["n"] += len(samples)
+        sums["time/train"] = time.perf_counter() - t
+        return sums
+
+    def _tokenize_targets(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded target ids, each ending with the end-of-turn token the policy must learn to stop on."""
+        rows = [self.tokenizer(t, add_special_tokens=False)["input_ids"] + [self.stop_ids[0]] for t in texts]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.bool)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = True
+        return ids.to(self.dist.device), mask.to(self.dist.device)
+
+
+def make_trainer(cfg, **kwargs) -> Trainer:
+    """The trainer of ``cfg.mode``: GRPO (grpo/trainer.py) or SFT (this module)."""
+    return (SFTTrainer if cfg.mode == "sft" else Trainer)(cfg, **kwargs)
