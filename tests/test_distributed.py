@@ -50,8 +50,10 @@ def test_ddp_ranks_end_with_identical_trainable_parameters(tiny_model_dir, world
 
 def test_train_py_runs_under_torchrun_and_rank_zero_writes_the_run(tiny_model_dir, world, tmp_path):
     run = tmp_path / "run"
-    torchrun("train.py", *overrides(tiny_model_dir, world, run), "max_steps=2", "log_every=1")
+    # two SFT warm-up steps (the demo's are 600) exercise the SFT -> GRPO hand-over under torchrun
+    torchrun("train.py", *overrides(tiny_model_dir, world, run), "max_steps=2", "log_every=1", "sft.steps=2")
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]  # one line per step: only rank 0 writes
     # 2 ranks x 1 study x 2 micro-steps x G=4 completions per step
     assert (run / "final_adapter" / "adapter_model.safetensors").is_file()
+    assert (run / "sft" / "final_adapter" / "adapter_model.safetensors").is_file()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -247,12 +245,10 @@ def test_empty_or_garbage_input_is_all_blank(labeler, text):
     assert labeler.label_one(text).tolist() == [B] * NUM_OBSERVATIONS
 
 
-def test_very_long_input_does_not_crash_and_stays_fast(labeler):
-    """A degenerate 300 kB generation is labeled (capped length) within a second."""
+def test_very_long_input_does_not_crash(labeler):
+    """A degenerate 300 kB generation is labeled (its length is capped; bench/labeler_speed.py times it)."""
     text = "No pneumothorax. Small left pleural effusion, possibly atelectasis or pneumonia, " * 4000
-    start = time.perf_counter()
     codes = labeler.label_one(text)
-    assert time.perf_counter() - start < 1.0
     assert codes[OBSERVATIONS.index("Pleural Effusion")] == P
     assert codes[OBSERVATIONS.index("Pneumothorax")] == N
 
@@ -345,20 +341,6 @@ def test_phrase_lists_cover_every_finding():
     """Every one of the 13 findings has at least one mention phrase."""
     for name in OBSERVATIONS[:NO_FINDING]:
         assert phrases.PLAIN_MENTIONS.get(name) or phrases.ATTRIBUTE_MENTIONS.get(name), name
-
-
-def test_throughput_exceeds_target_on_typical_impressions(labeler):
-    """Labeling runs well above 2,000 short reports per second (loose bound for slow CI: 500/s)."""
-    texts = [
-        "No acute cardiopulmonary abnormality.",
-        "Mild cardiomegaly with small bilateral pleural effusions. No pneumothorax.",
-        "Left basilar opacity may reflect atelectasis, though pneumonia cannot be excluded.",
-        "Heart size and mediastinal contours are within normal limits. Lungs are clear.",
-    ] * 250
-    start = time.perf_counter()
-    labeler.label(texts)
-    rate = len(texts) / (time.perf_counter() - start)
-    assert rate > 500, rate
 
 
 def test_overlapping_unmentions_both_apply(labeler):
