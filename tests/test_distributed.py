@@ -23,7 +23,14 @@ def world(tmp_path_factory):
 
 def torchrun(*args, timeout=300):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *map(str, args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        *map(str, args),
+    ]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
@@ -35,6 +42,7 @@ def overrides(tiny_model_dir, world, out):
             "batch.grad_accum=2", "optim.lr=0.01", "optim.grad_clip=1.0", "save_every=100"]  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("zero1", [False, True], ids=["ddp", "ddp+zero1"])
 def test_ddp_ranks_end_with_identical_trainable_parameters(tiny_model_dir, world, tmp_path, zero1):
     """Also with ZeRO-1 (optimizer state sharded across ranks, consolidated on rank 0 for the checkpoint)."""
@@ -48,6 +56,36 @@ def test_ddp_ranks_end_with_identical_trainable_parameters(tiny_model_dir, world
     assert (tmp_path / "run" / "checkpoints" / "step-000002" / "optimizer.pt").is_file()
 
 
+@pytest.mark.slow
+def test_two_ranks_give_the_gradient_of_one_process_holding_the_whole_batch(tiny_model_dir, world, tmp_path):
+    """Rank 1's completions are longer than rank 0's. The step's gradient over 2 ranks (and over 2
+    micro-batches in one process) equals that of one process with the whole batch in one micro-batch, for
+    every aggregation and with adv_scale=batch: the denominators are the step's, not each part's."""
+    import torch
+
+    worker = ROOT / "tests" / "step_gradient_worker.py"
+    args = [
+        *overrides(tiny_model_dir, world, tmp_path / "run"),
+        "grpo.adv_scale=batch",
+        "grpo.beta=0.04",
+        "sampling.max_new_tokens=12",
+    ]
+    torchrun(worker, tmp_path / "two.pt", *args)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, str(worker), str(tmp_path / "one.pt"), *args], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert single.returncode == 0, single.stderr[-4000:]
+    two, one = torch.load(tmp_path / "two.pt"), torch.load(tmp_path / "one.pt")
+    for aggregation in ("sequence", "token", "dr_grpo"):
+        whole = one[aggregation]
+        assert whole.norm() > 0
+        tolerance = 1e-5 * whole.abs().max().item()
+        torch.testing.assert_close(two[aggregation], whole, rtol=1e-4, atol=tolerance)
+        torch.testing.assert_close(one[f"{aggregation}/accumulated"], whole, rtol=1e-4, atol=tolerance)
+    assert not torch.allclose(one["token"], one["sequence"], rtol=1e-3)  # the aggregations do differ
+
+
+@pytest.mark.slow
 def test_train_py_runs_under_torchrun_and_rank_zero_writes_the_run(tiny_model_dir, world, tmp_path):
     run = tmp_path / "run"
     # two SFT warm-up steps (the demo's are 600) exercise the SFT -> GRPO hand-over under torchrun
