@@ -142,3 +142,11 @@ def test_bad_labeler_output_is_an_error():
 
     with pytest.raises(ValueError, match="returned 2 rows for 1 texts"):
         RewardCombiner({"mccs": 1.0}, labeler=WrongRows())([wrap("a")], ["a"], ["k"])
+
+
+def test_the_combiner_reports_format_compliance_even_without_a_format_term():
+    combiner = RewardCombiner({"mccs": 1.0}, labeler=KeywordLabeler())
+    completions = [wrap("No effusion."), "No effusion.", wrap("No effusion.", think=""), wrap("")]
+    out = combiner(completions, ["No effusion."] * 4, ["s"] * 4)
+    assert "format" not in out.terms
+    assert out.format_ok.tolist() == [True, False, False, False]  # only full credit (1.0) counts

@@ -47,6 +47,11 @@ def test_int_and_exponent_strings_are_accepted_where_a_float_is_declared():
         ("mode=rl", "mode: expected grpo or sft"),
         ("sft.target_template=no placeholder", "{report}"),
         ("grpo.num_iterations=2", "save_every"),
+        ("grpo.adv_scale=std", "grpo.adv_scale: expected group, batch or none"),
+        ("grpo.kl_clamp=0", "grpo.kl_clamp"),
+        ("grpo.loss=gspo", "grpo.loss: expected grpo or module:function"),
+        ("grpo.loss=grpo.nowhere:loss", "grpo.loss: cannot load 'grpo.nowhere:loss'"),
+        ("grpo.loss=grpo.gspo:no_such_loss", "grpo.loss: cannot load"),
     ],
 )
 def test_bad_values_name_the_key(override, message):
