@@ -35,7 +35,7 @@ def sampling_generation_config(model, tokenizer, sampling) -> GenerationConfig:
     """The run's sampling section as a GenerationConfig: what ``generate()`` and servers use by default.
 
     Greedy decoding (what evaluate.py reports) is ``do_sample=False`` at call time."""
-    from grpo.trainer import stop_token_ids
+    from model.generation import stop_token_ids
 
     return GenerationConfig(
         do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
