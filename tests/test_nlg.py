@@ -43,6 +43,7 @@ def test_corpus_metrics_reject_mismatched_lengths():
         nlg_metrics(["a", "b"], ["a"], meteor=False)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("java") is None, reason="METEOR needs java")
 def test_meteor_is_added_when_requested_and_java_runs():
     refs = ["no pleural effusion .", "mild cardiomegaly ."]

@@ -39,6 +39,7 @@ def read_metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_grpo_raises_the_reward_of_a_planted_task(tiny_model_dir, world, tmp_path):
     cfg = make_cfg(
         tiny_model_dir, world, tmp_path, "max_steps=24", "grpo.beta=0.0", "batch.prompts_per_device=4"
@@ -51,6 +52,7 @@ def test_grpo_raises_the_reward_of_a_planted_task(tiny_model_dir, world, tmp_pat
     assert last > first + 0.05, f"reward did not rise: first steps {rewards[:4]}, last steps {rewards[-4:]}"
 
 
+@pytest.mark.slow
 def test_resumed_run_logs_the_same_metrics_as_an_uninterrupted_one(tiny_model_dir, world, tmp_path):
     """A run stopped after its step-2 checkpoint and resumed must reproduce the uninterrupted run: same
     data order, same samples (RNG restored), same optimizer and scheduler state."""
