@@ -26,8 +26,8 @@ from _common import prepare_workdir  # noqa: E402
 
 from data.batching import collate_prompts  # noqa: E402
 from grpo.config import DataConfig  # noqa: E402
-from grpo.trainer import stop_token_ids  # noqa: E402
 from model.engine import SamplingParams, make_engine  # noqa: E402
+from model.generation import stop_token_ids  # noqa: E402
 from model.loading import encode_images, vision_token_ids  # noqa: E402
 from model.lora import POLICY, add_policy_adapter  # noqa: E402
 
