@@ -11,6 +11,7 @@ and checks the token/patch bookkeeping on the way.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,8 +21,11 @@ from PIL import Image
 from data.images import load_image
 from data.prompts import PromptConfig, image_count, render_prompt
 
+log = logging.getLogger(__name__)
+
 # Keys that hold one entry per image (or per patch) rather than one per row.
 IMAGE_KEYS = ("pixel_values", "image_grid_thw")
+_first_batch_logged = False  # the visual-token count is logged once per process (the first batch)
 
 
 def load_images(paths: Sequence[str | Path]) -> list[Image.Image]:
@@ -68,7 +72,19 @@ def collate_prompts(
         raise RuntimeError(
             f"processor output has images per row {counts}, expected {[len(i) for i in images]}"
         )
+    global _first_batch_logged
+    if not _first_batch_logged:
+        _first_batch_logged = True
+        log.info("first batch: visual tokens per image %s (image size in pixels bounded to [%d, %d] by "
+                 "model.min_pixels / model.max_pixels)", visual_tokens_per_image(processor, batch),
+                 processor.image_processor.size["shortest_edge"], processor.image_processor.size["longest_edge"])  # fmt: skip
     return batch
+
+
+def visual_tokens_per_image(processor, batch: dict[str, torch.Tensor]) -> list[int]:
+    """Language-model tokens each image of the batch takes: its patch grid t*h*w over merge_size**2."""
+    merge_area = processor.image_processor.merge_size**2
+    return [int(t * h * w) // merge_area for t, h, w in batch["image_grid_thw"].tolist()]
 
 
 def images_per_row(batch: dict[str, torch.Tensor], image_token_id: int | None = None) -> list[int]:
