@@ -93,6 +93,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-meteor", action="store_true", help="skip METEOR (its java start-up takes seconds)"
     )
     scoring.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+
+    extra = parser.add_argument_group(
+        "optional metrics (pip install -e '.[metrics]'; local weights only, nothing is downloaded)"
+    )
+    extra.add_argument(
+        "--bertscore", type=Path, metavar="DIR", help="BERTScore with this local encoder folder"
+    )
+    extra.add_argument("--bertscore-layers", type=int, metavar="N", help="encoder layer used (default: last)")
+    extra.add_argument(
+        "--radgraph", type=Path, metavar="DIR", help="RadGraph F1 with this extracted RadGraph model folder"
+    )
+    extra.add_argument(
+        "--radgraph-bert",
+        type=Path,
+        metavar="DIR",
+        help="local copy of the BERT model RadGraph's config names",
+    )
+    extra.add_argument(
+        "--radgraph-model", default="radgraph", help="radgraph | radgraph-xl | modern-radgraph-xl"
+    )
     scoring.add_argument("--method", help="row name in the tables (default: the output folder's name)")
     scoring.add_argument(
         "--dataset", help="dataset name for the table's column group (e.g. iu_xray, mimic_cxr)"
@@ -145,6 +165,19 @@ def build_labeler(args: argparse.Namespace):
     )
 
 
+def build_extra_scorers(args: argparse.Namespace) -> list:
+    """BERTScore / RadGraph F1 scorers the options ask for; their packages and paths are checked here, before
+    any generation or labeling, so a missing one stops the run at once."""
+    from evaluation.field_metrics import BERTScore, RadGraphF1
+
+    scorers = []
+    if args.bertscore is not None:
+        scorers.append(BERTScore(args.bertscore, args.bertscore_layers, device=args.device))
+    if args.radgraph is not None:
+        scorers.append(RadGraphF1(args.radgraph, args.radgraph_bert, args.radgraph_model, device=args.device))
+    return scorers
+
+
 def score_with_args(
     args, ids, references, predictions, generated, out_dir, method, settings, truth=None
 ) -> dict:
@@ -156,6 +189,7 @@ def score_with_args(
         uncertain_as=args.uncertain_as, nlg=not args.no_nlg, meteor=False if args.no_meteor else "auto",
         plots=not args.no_plots, labeler_name=args.labeler, method=method, dataset=args.dataset,
         table_average=args.table_average, settings=settings, truth_codes=truth,
+        extra_scorers=args.extra_scorers,
     )  # fmt: skip
 
 
@@ -319,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.curves and args.run is None:
         parser.error("--curves needs --run RUNDIR")
     try:
+        args.extra_scorers = build_extra_scorers(args)
         if args.predictions is not None:
             return run_predictions_mode(args)
         if args.compare is not None:

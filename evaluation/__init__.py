@@ -14,6 +14,8 @@ metrics.json
     sub-counts ``reversals``, ``omitted_positive``, ``unsupported_positive``;
     ``format_compliance -> rate, mean_reward, n`` (when full generated texts are given);
     ``nlg -> BLEU_1..4, ROUGE_L, CIDEr[, METEOR]`` or ``nlg_unavailable`` (why not);
+    ``bertscore -> precision, recall, f1, model, num_layers`` and ``radgraph -> f1_simple, f1_partial,
+    f1_complete, model`` when asked for (evaluation.field_metrics; off by default);
     ``plots`` (PNG names) or ``plots_unavailable``; ``settings`` (everything the figures depend on);
     ``truth`` (when the true labels are known, e.g. the synthetic world): ``ce`` and ``per_label`` against
     them in the layout above, and ``references_ce``: the reference reports' labels against them.

@@ -232,6 +232,11 @@ def summary_markdown(metrics: dict, table_average: str = "macro") -> str:
             f"{percent(fc['rate'])}% of {fc['n']} outputs get the full format reward "
             f"(mean format reward {fc['mean_reward']:.3f}).",
         ]
+    from evaluation.field_metrics import extra_metrics_markdown
+
+    extra = extra_metrics_markdown(metrics)
+    if extra:
+        out += ["", "## BERTScore and RadGraph F1", "", extra.rstrip("\n")]
     if metrics.get("nlg"):
         names = list(metrics["nlg"])
         out += ["", "## NLG (secondary)", "", "| " + " | ".join(names) + " |", "|" + "---|" * len(names)]

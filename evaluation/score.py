@@ -86,6 +86,7 @@ def score_reports(
     dataset: str | None = None,
     table_average: str = "macro",
     zero_division: float = 0,
+    extra_scorers: Sequence = (),
     settings: dict | None = None,
     truth_codes: np.ndarray | None = None,
 ) -> dict:
@@ -99,6 +100,7 @@ def score_reports(
     summary.md shows in that layout; ``settings`` (e.g. checkpoint, decoding) are stored as given.
     ``truth_codes`` (``(N, 14)``, when the dataset knows each study's true labels) adds the figures against
     them: metrics.json's ``truth`` section, truth.csv and a summary.md section (evaluation.truth).
+    ``extra_scorers`` (evaluation.field_metrics: BERTScore, RadGraph F1) each add ``metrics[name]``.
     Returns the metrics dict written to metrics.json.
     """
     ids = [str(i) for i in ids]
@@ -133,6 +135,8 @@ def score_reports(
         )
     if generated_texts is not None:
         metrics["format_compliance"] = format_compliance(generated_texts)
+    for scorer in extra_scorers:  # BERTScore, RadGraph F1 (evaluation.field_metrics), when asked for
+        metrics[scorer.name] = scorer.score(references, predictions)
     if nlg:
         figures, why_not = nlg_figures(references, predictions, meteor)
         if figures is not None:
