@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_BACKENDS = ("pil", "torchvision")
 STOCK_PROCESSOR_CLASS = "Qwen2_5_VLProcessor"
+STOCK_VIDEO_PROCESSOR_CLASS = "Qwen2VLVideoProcessor"
 
 
 class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
@@ -53,8 +54,17 @@ class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
             config = json.loads(config_file.read_text(encoding="utf-8"))
             if config.get("processor_class") == type(self).__name__:
                 config["processor_class"] = STOCK_PROCESSOR_CLASS
-                config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            if "image_processor" in config and "video_processor" not in config:
+                config["video_processor"] = _video_processor_config(config["image_processor"])
+            config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         return result
+
+
+def _video_processor_config(image_processor_config: dict) -> dict:
+    """The stock processor also loads a video processor (with torchvision) and finds none in a folder saved
+    without one; released checkpoints get it from their image settings, and so does this entry."""
+    config = {k: v for k, v in image_processor_config.items() if k != "image_processor_type"}
+    return {**config, "video_processor_type": STOCK_VIDEO_PROCESSOR_CLASS}
 
 
 def load_processor(

@@ -80,6 +80,10 @@ def test_export_folder_layout_and_sampling_defaults(trained_run, tmp_path):
     assert generation.eos_token_id[0] == processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert set(generation.suppress_tokens) == set(vision_token_ids(processor))
     assert processor.image_processor.size["longest_edge"] == 12544  # the run's model.max_pixels
+    saved = json.loads((out / "processor_config.json").read_text())
+    assert saved["processor_class"] == "Qwen2_5_VLProcessor"  # what AutoProcessor builds
+    video = saved["video_processor"]  # the stock processor needs one (it is built where torchvision works)
+    assert video["video_processor_type"] == "Qwen2VLVideoProcessor" and video["size"]["longest_edge"] == 12544
     provenance = json.loads((out / PROVENANCE_FILE).read_text())
     assert provenance["adapter"] == str((trained_run / "final_adapter").resolve())
 
