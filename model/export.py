@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -52,6 +53,16 @@ def checkpoint_dtype(model_path: str | Path) -> str:
     return dtype or "float32"
 
 
+def _readable_like_other_files(folder: Path) -> None:
+    """transformers writes weight shards owner-only (0600); give them the mode any new file gets, so a
+    server running as another user can read the export."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+
+
 def run_config_file(run_dir: Path) -> Path:
     config_file = Path(run_dir) / "config.yaml"
     if not config_file.is_file():
@@ -82,6 +93,7 @@ def export_merged(run_dir: str | Path, out_dir: str | Path, adapter_dir: str | P
                   "base_model": str(Path(m.path).resolve()), "dtype": str(dtype),
                   "min_pixels": m.min_pixels, "max_pixels": m.max_pixels}  # fmt: skip
     (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
+    _readable_like_other_files(tmp)
     if out_dir.exists():
         out_dir.rmdir()  # empty (checked above)
     tmp.rename(out_dir)

@@ -73,6 +73,7 @@ def test_export_folder_layout_and_sampling_defaults(trained_run, tmp_path):
     assert {"config.json", "model.safetensors", "generation_config.json", "chat_template.jinja",
             "processor_config.json", "tokenizer.json", "tokenizer_config.json", PROVENANCE_FILE} <= names  # fmt: skip
     assert not names & {"adapter_config.json", "adapter_model.safetensors"}
+    assert (out / "model.safetensors").stat().st_mode & 0o044 == (out / "config.json").stat().st_mode & 0o044
     generation = GenerationConfig.from_pretrained(out)
     assert generation.do_sample and generation.temperature == 0.7 and generation.top_p == 0.9
     assert generation.max_new_tokens == 12 and generation.top_k == 0
