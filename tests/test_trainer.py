@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from grpo.config import load_config
 from grpo.sft import SFTTrainer
@@ -194,3 +195,15 @@ def test_grpo_passes_run_without_lora_dropout_and_with_gradient_checkpointing(
     assert rows[0]["loss/kl"] == 0.0
     assert rows[0]["loss/ratio_mean"] == 1.0 and rows[2]["loss/ratio_mean"] == 1.0  # fresh rollouts
     assert rows[1]["loss/ratio_mean"] != 1.0 and rows[3]["loss/ratio_mean"] != 1.0  # reused ones
+
+
+def test_sft_keeps_the_configured_lora_dropout_and_grpo_turns_it_off(tiny_model_dir, world, tmp_path):
+    def lora_dropout_ps(trainer):
+        return sorted({d.p for m in trainer.model.modules() if hasattr(m, "lora_dropout")
+                       for d in m.lora_dropout.values() if isinstance(d, torch.nn.Dropout)})  # fmt: skip
+
+    sft = SFTTrainer(make_cfg(tiny_model_dir, world, tmp_path / "sft", "mode=sft", "model.lora.dropout=0.05"))
+    grpo = Trainer(make_cfg(tiny_model_dir, world, tmp_path / "grpo", "model.lora.dropout=0.05"))
+    assert lora_dropout_ps(sft) == [0.05] and lora_dropout_ps(grpo) == [0.0]
+    sft.close()
+    grpo.close()
