@@ -3,7 +3,12 @@
     python train.py                                   # the offline demo (configs/demo.yaml)
     python train.py --config configs/paper_iu_xray.yaml model.path=/ckpt data.annotation=/iu/annotation.json
     torchrun --nproc_per_node=2 train.py --config ... # DDP: one process per GPU (gloo on CPU)
-    python train.py --config ... --resume             # continue from the run's last good checkpoint
+    python train.py --config ... --resume             # continue from the run's newest good checkpoint
+    torchrun --max-restarts=3 ... train.py --config ... --resume auto   # resume if there is a checkpoint
+
+A folder that holds a run is never reused silently: continue it with --resume (a changed config is refused
+unless --allow-config-change names the keys) or replace it with --overwrite. SIGTERM or Ctrl-C ends the
+current step, writes a checkpoint and exits with 128 + the signal number.
 
 Overrides are ``key=value`` with dotted keys for nested values (``sampling.group_size=8``); see
 grpo/config.py for every key. ``--print-config`` prints the resolved config (file + overrides) and exits.
@@ -22,9 +27,14 @@ from pathlib import Path
 
 import yaml
 
+from data.images import ImageLoadError
 from data.r2gen import AnnotationError
 from grpo import distributed
+from grpo.checkpoint import CheckpointError
 from grpo.config import ConfigError, TrainConfig, config_sections, load_config, to_dict
+from grpo.preemption import Preempted
+from grpo.run_dir import RunFolderError
+from rewards.chexbert import CheXbertLoadError
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 log = logging.getLogger("train")
@@ -59,10 +69,15 @@ def prepare_assets(cfg: TrainConfig, is_main: bool) -> None:
     distributed.barrier()
 
 
-def run(cfg: TrainConfig, resume: bool) -> Path:
+# Errors about what the user gave (paths, data, config, run folder, checkpoints): one line, exit code 2.
+USER_ERRORS = (ConfigError, FileNotFoundError, AnnotationError, ImageLoadError, CheckpointError, RunFolderError,
+               CheXbertLoadError)  # fmt: skip
+
+
+def run(cfg: TrainConfig, resume: bool | str, allow_changes=(), overwrite: bool = False) -> Path:
     from grpo.sft import make_trainer
 
-    trainer = make_trainer(cfg, resume=resume)
+    trainer = make_trainer(cfg, resume=resume, allow_config_change=tuple(allow_changes), overwrite=overwrite)
     try:
         return trainer.train()
     finally:
@@ -78,17 +93,42 @@ def config_keys_help() -> str:
     return "\n".join(lines)
 
 
+def _bare_resume_flag(argv: list[str]) -> list[str]:
+    """``--resume key=value`` must not read key=value as the resume mode: only ``auto`` follows it."""
+    return [
+        "--resume=yes" if arg == "--resume" and argv[i + 1 : i + 2] != ["auto"] else arg
+        for i, arg in enumerate(argv)
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, epilog=config_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML recipe (default: the demo)")
-    parser.add_argument("--resume", action="store_true", help="continue from the last good checkpoint")
+    parser.add_argument(
+        "--resume", nargs="?", const="yes", choices=("yes", "auto"),
+        help="continue from the newest good checkpoint; 'auto': the same, or start fresh when there is none "
+        "(for torchrun --max-restarts)",
+    )  # fmt: skip
+    parser.add_argument("--overwrite", action="store_true", help="replace the run already in output_dir")
+    parser.add_argument(
+        "--allow-config-change", nargs="+", default=[], metavar="KEY",
+        help="with --resume: accept these changed keys (or sections) from the resume step on; recorded in "
+        "config_history.jsonl",
+    )  # fmt: skip
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved config as YAML and exit"
     )
     parser.add_argument("overrides", nargs="*", help="key=value overrides, dotted keys for nested values")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_bare_resume_flag(sys.argv[1:] if argv is None else argv))
+    # `--allow-config-change optim.lr optim.lr=1e-5`: a key has no "=", an override always has one
+    args.overrides += [a for a in args.allow_config_change if "=" in a]
+    args.allow_config_change = [a for a in args.allow_config_change if "=" not in a]
+    if args.resume and args.overwrite:
+        parser.error("--resume and --overwrite exclude each other")
+    if args.allow_config_change and not args.resume:
+        parser.error("--allow-config-change needs --resume")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config, args.overrides)
@@ -98,14 +138,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
+    resume = {None: False, "yes": True, "auto": "auto"}[args.resume]
     try:
-        return train(cfg, args.resume)
-    except (FileNotFoundError, AnnotationError) as err:  # a path or a data entry the user gave: no traceback
+        return train(cfg, resume, args.allow_config_change, args.overwrite)
+    except Preempted as stop:
+        print(stop, file=sys.stderr)
+        distributed.teardown()  # every rank stopped after the same step: leave the group together, so that
+        return stop.exit_code  # torchrun --max-restarts can form the next one
+    except USER_ERRORS as err:  # no traceback: the message names the file, key or value
         print(f"error: {err}", file=sys.stderr)
         return 2
 
 
-def train(cfg: TrainConfig, resume: bool) -> int:
+def train(cfg: TrainConfig, resume: bool | str = False, allow_changes=(), overwrite: bool = False) -> int:
     info = distributed.setup(cfg.device)
     if not info.is_main:
         logging.getLogger().setLevel(logging.WARNING)
@@ -117,12 +162,11 @@ def train(cfg: TrainConfig, resume: bool) -> int:
         sft_cfg = dataclasses.replace(cfg, mode="sft", max_steps=cfg.sft.steps, optim=sft_optim,
                                       output_dir=str(Path(cfg.output_dir) / "sft"))  # fmt: skip
         sft_adapter = Path(sft_cfg.output_dir) / "final_adapter"
-        if not sft_adapter.exists():
-            sft_resume = resume and (Path(sft_cfg.output_dir) / "checkpoints").exists()
-            run(sft_cfg, resume=sft_resume)
+        if overwrite or not sft_adapter.exists():  # resuming, the warm start may not have saved yet: auto
+            run(sft_cfg, "auto" if resume else False, allow_changes, overwrite)
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_adapter=str(sft_adapter)))
 
-    final = run(cfg, resume=resume)
+    final = run(cfg, resume, allow_changes, overwrite)
     if info.is_main:
         print(f"\nrun folder: {Path(cfg.output_dir).resolve()}")
         print(f"  metrics:  {Path(cfg.output_dir) / 'metrics.jsonl'}")

@@ -182,10 +182,13 @@ def _parse_image_paths(raw: Any, images_dir: Path) -> tuple[Path, ...]:
     return tuple(images_dir / p for p in relative)
 
 
-def _check_images(paths: Sequence[Path], images_dir: Path) -> None:
+def _check_images(paths: Sequence[Path], images_dir: Path, decode: bool = False) -> None:
     for image_path in paths:
         try:
-            check_image_header(image_path)
+            if decode:
+                load_image(image_path)
+            else:
+                check_image_header(image_path)
         except FileNotFoundError:
             raise _BadEntry(
                 "missing_image", f"image not found: {image_path} (images_dir={images_dir})"
@@ -194,7 +197,14 @@ def _check_images(paths: Sequence[Path], images_dir: Path) -> None:
             raise _BadEntry("unreadable_image", str(error)) from None
 
 
-def _parse_entry(entry: Any, split: str, images_dir: Path, clean_reports: bool, check_images: bool) -> _Entry:
+def _parse_entry(
+    entry: Any,
+    split: str,
+    images_dir: Path,
+    clean_reports: bool,
+    check_images: bool,
+    decode_images: bool = False,
+) -> _Entry:
     if not isinstance(entry, dict):
         raise _BadEntry("malformed_entry", f"entry must be an object, got {type(entry).__name__}")
     for field in ("id", "report", "image_path"):
@@ -221,7 +231,7 @@ def _parse_entry(entry: Any, split: str, images_dir: Path, clean_reports: bool, 
     if not isinstance(study_id, (str, int)) or isinstance(study_id, bool) or not str(study_id).strip():
         raise _BadEntry("malformed_entry", f"'study_id' must be a non-empty string or int, got {study_id!r}")
     if check_images:
-        _check_images(image_paths, images_dir)
+        _check_images(image_paths, images_dir, decode=decode_images)
     return _Entry(str(entry_id), str(study_id), image_paths, report, labels)
 
 
@@ -265,6 +275,7 @@ def load_annotation(
     clean_reports: bool = False,
     skip_bad: bool = False,
     check_images: bool = True,
+    decode_images: bool = False,
 ) -> list[Sample]:
     """Read one split of an R2Gen ``annotation.json`` into Samples (see the module docstring for layout).
 
@@ -277,6 +288,8 @@ def load_annotation(
         skip_bad: skip bad entries and log one warning with counts per reason instead of raising.
         check_images: check that every image exists and has a readable header (off: nothing is opened
             here, and :func:`load_image` raises later with the file's path).
+        decode_images: with ``check_images``, decode every image fully (finds files truncated after a valid
+            header, at the cost of reading every pixel once).
 
     Raises:
         FileNotFoundError: the annotation file is absent.
@@ -311,7 +324,7 @@ def load_annotation(
     for index, raw in enumerate(raw_entries):
         name = _entry_name(raw, index)
         try:
-            entry = _parse_entry(raw, split, images_root, clean_reports, check_images)
+            entry = _parse_entry(raw, split, images_root, clean_reports, check_images, decode_images)
         except _BadEntry as bad:
             reject(name, bad.reason, str(bad))
             continue

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import io
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,29 @@ def check_unique_ids(ids: Sequence[str], source: str) -> None:
         raise ValueError(f"{source}: duplicated id(s) {shown}{more}; every id must appear once")
 
 
+def _raise_field_limit() -> None:
+    """csv refuses fields over 131,072 characters by default; a degenerate generation can be longer."""
+    limit = sys.maxsize
+    while True:
+        try:
+            csv.field_size_limit(limit)
+            return
+        except OverflowError:  # C long is 32 bits on some platforms
+            limit //= 2
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 file's text; a decode error names the file and the line (a BOM is accepted)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}: line {line} is not valid UTF-8 ({err.reason} at byte {err.start})"
+        ) from None
+
+
 def read_columns(path: str | Path, id_column: str, text_columns: Sequence[str]) -> dict[str, ReportTable]:
     """Read ``id_column`` and each of ``text_columns`` from a CSV; one ReportTable per text column.
 
@@ -42,7 +67,8 @@ def read_columns(path: str | Path, id_column: str, text_columns: Sequence[str]) 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    with path.open(newline="", encoding="utf-8") as f:
+    _raise_field_limit()
+    with io.StringIO(read_text(path), newline="") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
         missing = [c for c in (id_column, *text_columns) if c not in header]

@@ -1,22 +1,31 @@
-"""Atomic, resumable checkpoints.
+"""Atomic, verified, resumable checkpoints.
 
 A checkpoint is a folder ``<run>/checkpoints/step-000012/`` holding:
 
     adapter/              the trainable LoRA adapter (peft layout, safetensors)
     optimizer.pt          optimizer state (ZeRO-1 shards consolidated first)
     scheduler.pt          learning-rate scheduler state
-    rng.pt                the RNG states of every rank (python, numpy, torch, cuda)
-    trainer_state.json    step, data position, written last
+    rng.pt                the RNG states of every rank, as tensors and plain numbers
+    trainer_state.json    step, data position
+    manifest.json         name, size and sha256 of every file above, written last
 
 It is written into a temporary sibling folder and renamed into place, so a crash or a kill leaves either
-the complete new checkpoint or none: the last good one stays resumable. Only rank 0 writes; the other
-ranks send it their RNG states. Resuming reads the folder on every rank (the run folder must be visible
-to all nodes, as with any shared run directory).
+the complete new checkpoint or none. The manifest catches what the rename cannot: a file truncated or
+changed later (a full disk, a bad copy between clusters). ``--resume`` takes the newest checkpoint that
+verifies (:func:`find_resumable`) and says which file ruled out a newer one.
+
+Every ``.pt`` file is read with ``torch.load(weights_only=True)``: a checkpoint copied from a shared disk
+cannot run code on resume, and a file holding anything but tensors and plain containers is refused.
+
+Only rank 0 writes; the other ranks send it their RNG states. Resuming reads the folder on every rank (the
+run folder must be visible to all nodes, as with any shared run directory).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -29,14 +38,34 @@ import torch
 
 from grpo import distributed
 
+log = logging.getLogger(__name__)
+
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"
+MANIFEST_FILE = "manifest.json"
+TENSOR_FILES = ("optimizer.pt", "scheduler.pt", "rng.pt")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used; the message names the folder and the file."""
+
+
+# ------------------------------------------------------------------------------------------------ RNG
 
 
 def rng_state() -> dict:
+    """This process's RNG states as tensors and plain numbers (loadable with ``weights_only=True``)."""
+    version, mt_state, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": {"version": version, "state": torch.tensor(mt_state, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },  # fmt: skip
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -45,11 +74,35 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    keys = npy["keys"].numpy().astype(np.uint32)
+    np.random.set_state((npy["kind"], keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------------------------- writing
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """Record name, size and sha256 of every file under ``folder`` in ``manifest.json`` (written last)."""
+    files = {
+        path.relative_to(folder).as_posix(): {"size": path.stat().st_size, "sha256": _sha256(path)}
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != MANIFEST_FILE
+    }
+    (folder / MANIFEST_FILE).write_text(json.dumps({"files": files}, indent=1))
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -74,6 +127,8 @@ def save_checkpoint(
     rng_states = distributed.gather_objects(rng_state())
     if not is_main:
         return None
+    if optimizer_state is None:
+        raise ValueError("rank 0 must pass the optimizer state (consolidated when sharded)")
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
@@ -82,11 +137,11 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     save_adapter(tmp / "adapter")
-    if optimizer_state is not None:
-        torch.save(optimizer_state, tmp / "optimizer.pt")
+    torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler_state, tmp / "scheduler.pt")
     torch.save(rng_states, tmp / "rng.pt")
     (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "step": step}, indent=2))
+    write_manifest(tmp)
     _fsync_tree(tmp)
     if final.exists():  # a re-run of the same step: replace it
         shutil.rmtree(final)
@@ -96,14 +151,14 @@ def save_checkpoint(
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
+    """Checkpoint folders of a run (renamed into place, not yet verified), oldest first."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
     found = []
     for path in root.iterdir():
         match = _STEP_DIR.match(path.name)
-        if match and (path / STATE_FILE).is_file():
+        if match and path.is_dir():
             found.append((int(match.group(1)), path))
     return [p for _, p in sorted(found)]
 
@@ -114,7 +169,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def prune(root: Path, keep_last: int) -> None:
-    """Remove all but the newest ``keep_last`` complete checkpoints, and stale temporary folders."""
+    """Remove all but the newest ``keep_last`` checkpoints, and stale temporary folders."""
     for stale in root.glob(".tmp-step-*"):
         shutil.rmtree(stale, ignore_errors=True)
     found = list_checkpoints(root.parent)
@@ -122,23 +177,87 @@ def prune(root: Path, keep_last: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def load_checkpoint(path: Path, rank: int) -> dict:
-    """Read a checkpoint folder: trainer state, optimizer, scheduler and this rank's RNG state."""
+# ------------------------------------------------------------------------------------------- reading
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Raise CheckpointError naming the first file that is missing or differs from the manifest."""
     path = Path(path)
-    state_file = path / STATE_FILE
-    if not state_file.is_file():
-        raise FileNotFoundError(f"{path} is not a complete checkpoint (no {STATE_FILE})")
-    rng_states = torch.load(path / "rng.pt", weights_only=False)
-    if rank >= len(rng_states):
-        raise ValueError(
-            f"{path}: saved with {len(rng_states)} ranks, cannot resume rank {rank}; "
+    try:
+        manifest = json.loads((path / MANIFEST_FILE).read_text())
+        files = manifest["files"]
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no {MANIFEST_FILE} (an unfinished or foreign checkpoint)") from None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path / MANIFEST_FILE}: unreadable ({err})") from None
+    for name in (STATE_FILE, *TENSOR_FILES, "adapter/adapter_model.safetensors"):
+        if name not in files:
+            raise CheckpointError(f"{path}: the manifest lists no {name}")
+    for name, expected in files.items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{file}: missing")
+        size = file.stat().st_size
+        if size != expected["size"]:
+            raise CheckpointError(f"{file}: {size} bytes, the manifest says {expected['size']}")
+        if _sha256(file) != expected["sha256"]:
+            raise CheckpointError(f"{file}: checksum differs from the manifest")
+
+
+def _load_tensors(file: Path) -> object:
+    try:
+        return torch.load(file, weights_only=True, map_location="cpu")
+    except Exception as err:  # UnpicklingError for a refused type, RuntimeError for a broken zip, ...
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{file}: refused or unreadable ({first_line})") from None
+
+
+def load_checkpoint(path: Path, rank: int) -> dict:
+    """Verify and read a checkpoint folder: trainer state, optimizer, scheduler and this rank's RNG state.
+    Raises CheckpointError naming the file when anything is missing, changed, or not plain tensor data."""
+    path = Path(path)
+    verify_checkpoint(path)
+    try:
+        trainer_state = json.loads((path / STATE_FILE).read_text())
+        step = int(trainer_state["step"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path / STATE_FILE}: unreadable ({err})") from None
+    rng_states = _load_tensors(path / "rng.pt")
+    if not isinstance(rng_states, list) or rank >= len(rng_states):
+        saved = len(rng_states) if isinstance(rng_states, list) else "an unknown number of"
+        raise CheckpointError(
+            f"{path}: saved with {saved} ranks, cannot resume rank {rank}; "
             "resume with the same number of processes"
         )
-    optimizer_file = path / "optimizer.pt"
     return {
-        "trainer_state": json.loads(state_file.read_text()),
-        "optimizer": torch.load(optimizer_file, weights_only=False) if optimizer_file.exists() else None,
-        "scheduler": torch.load(path / "scheduler.pt", weights_only=False),
+        "trainer_state": {**trainer_state, "step": step},
+        "optimizer": _load_tensors(path / "optimizer.pt"),
+        "scheduler": _load_tensors(path / "scheduler.pt"),
         "rng": rng_states[rank],
         "adapter_dir": path / "adapter",
+        "path": path,
     }
+
+
+def find_resumable(run_dir: Path, rank: int) -> dict | None:
+    """The newest checkpoint of ``run_dir`` that verifies and loads, read (see :func:`load_checkpoint`).
+
+    Returns None when the run has no checkpoint at all. Logs one line when newer ones were passed over,
+    naming each one's bad file, and raises CheckpointError when none of them can be used."""
+    candidates = list_checkpoints(run_dir)
+    problems = []
+    for path in reversed(candidates):
+        try:
+            state = load_checkpoint(path, rank)
+        except CheckpointError as err:
+            problems.append(str(err))
+            continue
+        if problems and rank == 0:
+            log.warning("skipped %d newer checkpoint(s) (%s); resuming from %s",
+                        len(problems), "; ".join(problems), path)  # fmt: skip
+        return state
+    if problems:
+        raise CheckpointError(
+            f"no usable checkpoint under {Path(run_dir) / 'checkpoints'}: " + "; ".join(problems)
+        )
+    return None

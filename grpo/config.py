@@ -63,8 +63,11 @@ class DataConfig:
     split: str = "train"
     multi_view: bool = False  # False: each image is a sample (paper); True: all views in one prompt
     clean_reports: bool = False
+    # bad entries (and images found corrupt during training) are skipped, logged and counted, not fatal
     skip_bad: bool = False
-    check_images: bool = True  # open every image header at start (slow for MIMIC-CXR's ~270k images)
+    # images checked at start: header (open each header; slow for MIMIC-CXR's ~270k images), full (decode
+    # every pixel: also finds files truncated after a valid header), none (a bad image fails when drawn)
+    verify_images: str = "header"
     synthetic_n: int = 0  # > 0: generate the synthetic world at `annotation`'s folder when absent (demo)
     synthetic_seed: int = 0
     prompt: PromptConfig = field(default_factory=PromptConfig)
@@ -75,7 +78,8 @@ class DataConfig:
 
         return load_annotation(
             self.annotation, split or self.split, images_dir=self.images_dir, multi_view=self.multi_view,
-            clean_reports=self.clean_reports, skip_bad=self.skip_bad, check_images=self.check_images,
+            clean_reports=self.clean_reports, skip_bad=self.skip_bad, check_images=self.verify_images != "none",
+            decode_images=self.verify_images == "full",
         )  # fmt: skip
 
 
@@ -208,6 +212,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "reward.labeler": LABELER_NAMES,  # rewards/labelers.py
     "reward.uncertain_as": ("positive", "negative"),
     "log.tensorboard": ("auto", "on", "off"),
+    "data.verify_images": ("none", "header", "full"),
 }
 
 
@@ -448,3 +453,65 @@ def validate(cfg: TrainConfig) -> None:
             "reward.labeler=chexbert needs reward.chexbert_path and reward.chexbert_tokenizer",
         )
     _require(r.margin is None or -1 < r.margin < 1, f"reward.margin: m must be in (-1, 1), got {r.margin}")
+
+
+# ------------------------------------------------------------------------------------- config drift
+
+# Keys that change how a run is logged, saved or executed, never what it computes: free on resume.
+HARMLESS_KEYS = (
+    "output_dir", "device", "cpu_threads", "log_every", "sample_every", "save_every", "keep_last",
+    "model.gradient_checkpointing", "grpo.logprob_chunk", "data.verify_images", "log",
+)  # fmt: skip
+
+
+class ConfigDriftError(ConfigError):
+    """``--resume`` with a config that changes the run, without ``--allow-config-change`` for those keys."""
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _covers(pattern: str, key: str) -> bool:
+    return key == pattern or key.startswith(pattern + ".")
+
+
+def config_changes(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
+    """Flattened keys whose value differs between two ``to_dict`` configs -> (saved, current)."""
+    old, new = flatten(saved), flatten(current)
+    missing = "<absent>"
+    return {
+        key: (old.get(key, missing), new.get(key, missing))
+        for key in sorted(set(old) | set(new))
+        if old.get(key, missing) != new.get(key, missing)
+    }
+
+
+def check_resume_config(saved: dict, cfg: TrainConfig, allowed: typing.Sequence[str] = ()) -> dict:
+    """The run-altering changes between a run's saved config and ``cfg``, all of them covered by
+    ``allowed`` (a key or a section: ``optim.lr``, ``sampling``); else ConfigDriftError listing the rest.
+    Changes to HARMLESS_KEYS are neither refused nor returned."""
+    current = to_dict(cfg)
+    known = set(flatten(saved)) | set(flatten(current))
+    for pattern in allowed:
+        _require(any(_covers(pattern, k) for k in known), f"--allow-config-change: unknown key {pattern!r}")
+    changes = {
+        key: values
+        for key, values in config_changes(saved, current).items()
+        if not any(_covers(h, key) for h in HARMLESS_KEYS)
+    }
+    refused = [k for k in changes if not any(_covers(a, k) for a in allowed)]
+    if refused:
+        listed = ", ".join(f"{k} ({changes[k][0]!r} -> {changes[k][1]!r})" for k in refused)
+        raise ConfigDriftError(
+            f"--resume with a config that changes the run: {listed}; resume with the run's config, or accept "
+            f"with --allow-config-change {' '.join(refused)}"
+        )
+    return changes

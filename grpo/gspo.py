@@ -35,7 +35,9 @@ def gspo_loss(batch: LossInputs, cfg) -> tuple[torch.Tensor, dict[str, torch.Ten
     of completions clipped), ``kl`` (mean per-token k3, when there is a reference)."""
     real, old_logp = check_inputs("gspo_loss", batch)
     if batch.advantages.shape != batch.logp.shape[:1]:
-        raise ValueError(f"gspo_loss: advantages must be one per completion, got {tuple(batch.advantages.shape)}")
+        raise ValueError(
+            f"gspo_loss: advantages must be one per completion, got {tuple(batch.advantages.shape)}"
+        )
     if cfg.beta > 0 and batch.ref_logp is None:
         raise ValueError(f"gspo_loss: ref_logp is None but beta={cfg.beta}")
     eps_low = cfg.eps_low

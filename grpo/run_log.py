@@ -23,6 +23,7 @@ TensorBoard events (``log.tensorboard``, the ``log`` extra) and to Weights & Bia
     step_time_s          wall time of the step
     tokens_per_s         completion tokens generated per second of the step (all ranks)
     time/<phase>         seconds per phase: generate, reward, logprob_ref, train (forward+backward), optim
+    skipped_images       samples dropped from the step because an image would not decode (data.skip_bad)
 """
 
 from __future__ import annotations
@@ -78,18 +79,30 @@ class RunLog:
                 f.write(json.dumps({"step": step, **row}) + "\n")
 
     def truncate_after(self, step: int) -> None:
-        """On resume, drop lines logged after the checkpoint's step, so the files read as one run."""
+        """On resume, drop lines logged after the checkpoint's step, so the files read as one run. A torn
+        last line (a kill during a write) is dropped; a broken line before it is an error naming it."""
         if not self.enabled:
             return
         for name in ("metrics.jsonl", "samples.jsonl"):
             path = self.run_dir / name
             if path.exists():
-                kept = [
-                    line
-                    for line in path.read_text().splitlines()
-                    if line and json.loads(line)["step"] <= step
-                ]
-                path.write_text("".join(line + "\n" for line in kept))
+                lines = path.read_text().splitlines()
+                kept = []
+                for number, line in enumerate(lines, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        if number == len(lines):
+                            log.warning("%s: dropped a torn last line (line %d)", path, number)
+                            continue
+                        raise ValueError(f"{path}: line {number} is not JSON") from None
+                    if row["step"] <= step:
+                        kept.append(line)
+                tmp = path.with_name(f".{name}.tmp")
+                tmp.write_text("".join(line + "\n" for line in kept))
+                tmp.replace(path)
 
     def close(self) -> None:
         if self._tb is not None:

@@ -25,7 +25,7 @@ class SFTTrainer(Trainer):
 
     def train_step(self) -> dict[str, float]:
         """The gradients of one optimizer step: mean token cross-entropy of each micro-batch's targets."""
-        batches = [self._next_samples() for _ in range(self.cfg.batch.grad_accum)]
+        batches = self._draw_step()
         t = time.perf_counter()
         share = 1.0 / (len(batches) * self.dist.world_size)  # the logged loss is summed over ranks
         sums = {"loss": 0.0, "completion_tokens": 0.0, "n": 0.0}

@@ -27,17 +27,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from data.batching import append_completion, collate_prompts, images_per_row, repeat_for_group
+from data.batching import append_completion, collate_prompts, images_per_row, load_images, repeat_for_group
+from data.images import ImageLoadError
 from data.r2gen import Sample
-from grpo import checkpoint, distributed
+from grpo import checkpoint, distributed, run_dir
 from grpo.advantages import group_advantages, pooled_variance
 from grpo.config import TrainConfig, to_dict
 from grpo.logprobs import token_logprobs_from_hidden
 from grpo.loss import LossInputs, load_loss
+from grpo.preemption import Preempted, StopSignal
 from grpo.run_log import RunLog
 from grpo.sampler import ShardedBatches
 from model.engine import SamplingParams, make_engine
@@ -94,13 +95,17 @@ class Trainer:
     mode = "grpo"
     keeps_lora_dropout = False  # GRPO: every pass computes the policy that sampled (module docstring)
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False, reward_fn=None, loss_fn=None, policy=None):
+    def __init__(
+        self, cfg: TrainConfig, resume: bool | str = False, reward_fn=None, loss_fn=None, policy=None,
+        allow_config_change: tuple[str, ...] = (), overwrite: bool = False,
+    ):  # fmt: skip
         """``reward_fn`` replaces the configured RewardCombiner: any callable with the combiner's signature
         ``(completions, references, ref_keys) -> RewardOutput``. ``loss_fn`` replaces the configured loss
         (``grpo.loss``): any callable ``(LossInputs, GRPOConfig) -> (loss, stats)``. These are how
         researchers plug in a new reward or objective (docs/extending.md). ``policy`` = ``(model,
         processor)`` already built (e.g. a model made from a config for a benchmark) replaces loading
-        ``model.path``; the LoRA adapter is added as configured."""
+        ``model.path``; the LoRA adapter is added as configured. ``resume`` (False, True or "auto"),
+        ``allow_config_change`` and ``overwrite``: see grpo/run_dir.py (all checked before the model loads)."""
         if cfg.mode != self.mode:
             raise ValueError(f"mode={cfg.mode}: {type(self).__name__} runs mode={self.mode} (SFT: grpo.sft)")
         self.cfg = cfg
@@ -111,7 +116,9 @@ class Trainer:
         torch.manual_seed(cfg.seed + self.dist.rank)
         np.random.seed(cfg.seed + self.dist.rank)
 
+        resume_state = self._start_run(resume, allow_config_change, overwrite)
         self.samples = self._load_samples()
+        self.reward = reward_fn or self._build_reward()  # before the model: a missing labeler file fails fast
         self.model, self.processor = self._load_policy(policy)
         if not self.keeps_lora_dropout:
             set_lora_dropout(self.model, 0.0)
@@ -143,17 +150,18 @@ class Trainer:
         self.total_steps = self._total_steps()
         self.optimizer = self._build_optimizer()
         self.scheduler = cosine_schedule_with_warmup(self.optimizer, self.total_steps, cfg.optim.warmup_ratio)
-        self.reward = reward_fn or self._build_reward()
         self.loss_fn = loss_fn or load_loss(cfg.grpo.loss)
         self.prompt_cfg = cfg.data.prompt
         self.rollouts: list[Rollout] = []
         self.step = 0
+        self.skipped_images = 0  # this step's samples dropped for an image that would not decode
+        self._images: dict[str, list] = {}  # decoded images of the drawn samples, until they are encoded
         self.run_log = RunLog(self.run_dir, enabled=self.dist.is_main, options=cfg.log, config=to_dict(cfg))
-        if resume:
-            self._resume()
-        elif self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        self.stop_signal = StopSignal()
+        self.progress = None
+        self._saved_step, self._saved_path = None, None
+        if resume_state is not None:
+            self._resume(resume_state)
 
     @property
     def mu(self) -> int:
@@ -231,11 +239,45 @@ class Trainer:
     # ------------------------------------------------------------------------------------ the prompts
 
     def _next_samples(self) -> list[Sample]:
-        return [self.samples[i] for i in self.batches.next_batch()]
+        """The next micro-batch of samples, their images decoded. A sample whose image will not decode is
+        dropped (counted in ``skipped_images``) with ``data.skip_bad``; otherwise ImageLoadError."""
+        while True:
+            kept = []
+            for sample in (self.samples[i] for i in self.batches.next_batch()):
+                try:
+                    self._images[sample.id] = load_images(sample.image_paths)
+                    kept.append(sample)
+                except (ImageLoadError, FileNotFoundError) as err:
+                    if not self.cfg.data.skip_bad:
+                        raise ImageLoadError(str(err)) from None
+                    self.skipped_images += 1
+                    log.warning("data.skip_bad: skipped sample %s: %s", sample.id, err)
+            if kept:
+                return kept
+
+    def _draw_step(self) -> list[list[Sample]]:
+        """The grad_accum micro-batches of one optimizer step. Every rank draws before any collective work,
+        then all agree on whether one hit an undecodable image (without data.skip_bad): if so the data
+        position goes back to the step's start, a checkpoint is written, and the run stops naming the file."""
+        position = self.batches.state_dict()
+        error = None
+        try:
+            batches = [self._next_samples() for _ in range(self.cfg.batch.grad_accum)]
+        except ImageLoadError as err:
+            error, batches = err, []
+        if distributed.all_reduce_max(float(error is not None), self.dist.device):
+            self.batches.load_state_dict(position)
+            self._images.clear()
+            self.save()
+            raise error or ImageLoadError("another rank found an image that cannot be decoded (see its log)")
+        return batches
 
     def _encode_prompts(self, samples: list[Sample]) -> tuple[dict, ImageFeatures | None, list[int]]:
         """Prompt tensors on the device, their images encoded once, and each prompt's image count."""
-        batch = collate_prompts(self.processor, samples, self.prompt_cfg)
+        images = (
+            [self._images.pop(s.id) for s in samples] if all(s.id in self._images for s in samples) else None
+        )
+        batch = collate_prompts(self.processor, samples, self.prompt_cfg, images=images)
         batch = {k: v.to(self.dist.device) for k, v in batch.items()}
         counts = images_per_row(batch, image_token_id=self.processor.image_token_id)
         pixels = batch.pop("pixel_values", None)
@@ -361,7 +403,7 @@ class Trainer:
         """The gradients of one optimizer step: fresh rollouts every mu steps, then eq. (1) over them."""
         fresh = self.step % self.mu == 0
         if fresh:
-            self.rollouts = self.rollout([self._next_samples() for _ in range(self.cfg.batch.grad_accum)])
+            self.rollouts = self.rollout(self._draw_step())
         t = time.perf_counter()
         sums = self.grpo_update(self.rollouts)
         sums["time/train"] = time.perf_counter() - t
@@ -421,11 +463,14 @@ class Trainer:
         """Run until ``total_steps`` (or ``stop_after`` steps, to simulate an interruption in tests).
         Returns the folder of the final adapter."""
         cfg = self.cfg
-        progress = tqdm(total=self.total_steps, initial=self.step, disable=not self.dist.is_main,
-                        desc=self.mode.upper(), dynamic_ncols=True)  # fmt: skip
+        self.progress = progress = tqdm(total=self.total_steps, initial=self.step, disable=not self.dist.is_main,
+                                        desc=self.mode.upper(), dynamic_ncols=True)  # fmt: skip
+        self.stop_signal.install()
         while self.step < self.total_steps and (stop_after is None or self.step < stop_after):
             t0 = time.perf_counter()
+            self.skipped_images = 0
             sums = self.train_step()
+            sums["skipped_images"] = float(self.skipped_images)
             t = time.perf_counter()
             grad_norm, lr = self.optimizer_step()
             sums["time/optim"] = time.perf_counter() - t
@@ -438,6 +483,9 @@ class Trainer:
             progress.update(1)
             if self.step % cfg.save_every == 0 or self.step == self.total_steps:
                 self.save()
+            if self.step % self.mu == 0:  # checkpoints fall between batches of rollouts
+                self._stop_if_signalled()
+        self.stop_signal.uninstall()
         progress.close()
         final = self.run_dir / "final_adapter"
         if self.step == self.total_steps and self.dist.is_main:
@@ -446,6 +494,14 @@ class Trainer:
             log.info("final adapter: %s", final)
         distributed.barrier()
         return final
+
+    def _stop_if_signalled(self) -> None:
+        """After a step: if any rank got SIGTERM/SIGINT, all write a checkpoint and raise Preempted."""
+        signum = self.stop_signal.agreed(self.dist.device)
+        if signum:
+            self.stop_signal.uninstall()
+            saved = self.save() if self._saved_step != self.step else self._saved_path
+            raise Preempted(signum, self.step, saved)
 
     def _metrics_row(self, sums: dict, grad_norm: float, lr: float, step_time: float) -> dict:
         """Reduce the step's sums over ranks into the metrics.jsonl row (see grpo/run_log.py): ``loss`` is
@@ -471,6 +527,7 @@ class Trainer:
         row["completion_len"] = total.get("completion_tokens", 0.0) / n
         if "logprob_gap" in total:  # mean |engine log-prob - recomputed log-prob| per completion token
             row["rollout/logprob_gap"] = total["logprob_gap"] / max(total.get("completion_tokens", 0.0), 1.0)
+        row["skipped_images"] = int(total.get("skipped_images", 0.0))
         row["grad_norm"] = grad_norm
         row["lr"] = lr
         row["step_time_s"] = distributed.all_reduce_max(step_time, self.dist.device)
@@ -481,7 +538,8 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- checkpoints
 
-    def save(self) -> None:
+    def save(self) -> Path:
+        """Write the checkpoint of the current step (collective); returns its folder."""
         if hasattr(self.optimizer, "consolidate_state_dict"):  # ZeRO-1: gather the shards on rank 0
             self.optimizer.consolidate_state_dict(to=0)
         optimizer_state = self.optimizer.state_dict() if self.dist.is_main else None
@@ -491,25 +549,56 @@ class Trainer:
             self.scheduler.state_dict(), self.cfg.keep_last, self.dist.is_main,
         )  # fmt: skip
         distributed.barrier()
+        self._saved_step = self.step
+        self._saved_path = self.run_dir / "checkpoints" / f"step-{self.step:06d}"
+        return self._saved_path
 
-    def _resume(self) -> None:
-        path = checkpoint.latest_checkpoint(self.run_dir)
-        if path is None:
-            raise FileNotFoundError(f"--resume: no complete checkpoint under {self.run_dir / 'checkpoints'}")
-        state = checkpoint.load_checkpoint(path, self.dist.rank)
+    def _start_run(self, resume: bool | str, allow_changes, overwrite: bool) -> dict | None:
+        """Rank 0 prepares the run folder (grpo/run_dir.py) and picks the checkpoint; every rank gets the
+        same outcome (an error is raised on all of them) and reads its own RNG state from that checkpoint."""
+        outcome: tuple = (None, None)
+        state = None
+        if self.dist.is_main:
+            try:
+                state = run_dir.start(self.cfg, resume, allow_changes, overwrite)
+                outcome = (None, state["path"] if state else None)
+            except Exception as err:  # shared with the other ranks, so they stop too instead of waiting
+                outcome = (err, None)
+        error, path = distributed.broadcast_object(outcome)
+        if error is not None:
+            raise error
+        if path is not None and not self.dist.is_main:
+            state = checkpoint.load_checkpoint(path, self.dist.rank)
+        return state
+
+    def _resume(self, state: dict) -> None:
+        """Continue from a checkpoint read by _start_run. The optimizer's hyperparameters and the lr schedule
+        come from the current config: the saved one, unless --allow-config-change accepted a change."""
         load_policy_weights(self.model, state["adapter_dir"])
-        if state["optimizer"] is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
+        configured = [{k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")}
+                      for g in self.optimizer.param_groups]  # fmt: skip
+        base_lrs = list(self.scheduler.base_lrs)
+        self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.scheduler.base_lrs = base_lrs
+        for group, hyper, base_lr, factor in zip(
+            self.optimizer.param_groups, configured, base_lrs, self.scheduler.lr_lambdas
+        ):
+            group.update(hyper, initial_lr=base_lr, lr=base_lr * factor(self.scheduler.last_epoch))
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
         self.batches.load_state_dict(state["trainer_state"]["sampler"])
         self.step = int(state["trainer_state"]["step"])
         checkpoint.set_rng_state(state["rng"])
         self.run_log.truncate_after(self.step)
-        log.info("resumed from %s at step %d", path, self.step)
+        self._saved_step, self._saved_path = self.step, state["path"]
+        log.info("resumed from %s at step %d", state["path"], self.step)
 
     def close(self) -> None:
-        """Release the run log, the DDP wrapper and the optimizer (the process group stays: train.py may
-        run another phase, and leaves it with distributed.teardown)."""
+        """Release the run log, the signal handlers, the DDP wrapper and the optimizer (the process group
+        stays: train.py may run another phase, and leaves it with distributed.teardown)."""
+        self.stop_signal.uninstall()
+        if self.progress is not None:
+            self.progress.close()  # an error line then starts on a line of its own
         self.run_log.close()
         if self.optimizer is not None:
             self.optimizer.zero_grad(set_to_none=True)

@@ -22,8 +22,9 @@ These labels feed the clinical reward: the signed vectors of eq. (3)-(4) and the
 
 from __future__ import annotations
 
+import itertools
 import re
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -41,8 +42,14 @@ from rewards.labels import (
     UNCERTAIN,
 )
 
-# Reports are a few hundred characters; the cap bounds the cost of a degenerate generation.
+# Reports are a few hundred characters; the cap bounds the cost of a degenerate generation (the labeler's
+# time is linear in the length: bench/labeler_length.py).
 MAX_CHARS = 50_000
+# A cue reaches along a coordinated list ("no effusion, pneumothorax, or edema") at most this many mentions
+# beyond its own window: real lists are short, and an unbounded walk makes a degenerate text quadratic.
+MAX_LIST_REACH = 16
+# Mentions joined by "or" are a few words from it: only those starting this close are looked at.
+_OR_WINDOW = 400
 
 BLOCKER = "<other abnormality>"  # pseudo-observation: findings outside the 13 that block No Finding
 ALTERNATIVE = "<alternative>"  # pseudo-observation: non-findings that pair with "or" / "versus"
@@ -271,12 +278,11 @@ _LOWER_STEPS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
 )
 
 
-def clean_report(text: object) -> str:
-    """Normalise one report for matching; anything that is not text becomes ''."""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", errors="replace")
+def clean_report(text: str) -> str:
+    """Normalise one report for matching. Raises TypeError for anything but a string (None or a number is
+    a bug upstream, not an empty report)."""
     if not isinstance(text, str):
-        return ""
+        raise TypeError(f"a report must be a string, got {type(text).__name__}")
     text = text[:MAX_CHARS]
     for pattern, repl in _CLEAN_STEPS:
         text = pattern.sub(repl, text)
@@ -331,13 +337,9 @@ def _find_mentions(
         matches = phrase_set.finditer(text, words, keys)
         if not matches:
             continue
-        excluded = (
-            [(us, ue) for us, ue, _ in unmention.finditer(text, words, keys, overlapping=True)]
-            if unmention
-            else []
-        )
+        covered = _Cover(unmention.finditer(text, words, keys, overlapping=True) if unmention else [])
         for s, e, kind in matches:
-            if any(us <= s and e <= ue for us, ue in excluded):
+            if covered(s, e):
                 continue
             found.append(Mention(name, text[s:e], s, e, str(kind), bisect_right(bounds, s)))
     found.sort(key=lambda x: (x.start, x.end))
@@ -353,8 +355,29 @@ def _find_cues(text: str, bounds: list[int], words: list[tuple[int, str]], keys:
     return cues
 
 
+class _Cover:
+    """Whether a span lies inside one of the given spans, in O(log n): starts sorted, running max of ends."""
+
+    def __init__(self, spans) -> None:
+        spans = sorted((s, e) for s, e, *_ in spans)
+        self.starts = [s for s, _ in spans]
+        self.max_end, top = [], -1
+        for _, e in spans:
+            top = max(top, e)
+            self.max_end.append(top)
+
+    def __call__(self, start: int, end: int) -> bool:
+        i = bisect_right(self.starts, start)
+        return i > 0 and self.max_end[i - 1] >= end
+
+
 def _words(gap: str) -> int:
     return len(_WORD.findall(gap))
+
+
+def _more_words_than(gap: str, limit: int) -> bool:
+    """``_words(gap) > limit`` reading only as far as the (limit + 1)-th word."""
+    return next(itertools.islice(_WORD.finditer(gap), limit, None), None) is not None
 
 
 def _gap(text: str, start: int, end: int) -> str:
@@ -362,13 +385,20 @@ def _gap(text: str, start: int, end: int) -> str:
 
 
 def _cue_between(cues: list[_Cue], start: int, end: int, family: str) -> bool:
+    """A cue that blocks ``family`` inside [start, end); ``cues`` sorted by start."""
     blockers = _BLOCKED_BY[family]
-    return any(c.family in blockers and start <= c.start and c.end <= end for c in cues)
+    for i in range(bisect_left(cues, start, key=lambda c: c.start), len(cues)):
+        c = cues[i]
+        if c.start >= end:
+            return False
+        if c.family in blockers and c.end <= end:
+            return True
+    return False
 
 
 def _direct_forward(text: str, cue: _Cue, m: Mention, rule: CueRule, cues: list[_Cue]) -> bool:
     gap = _gap(text, cue.end, m.start)
-    if _words(gap) > rule.forward or _GAP_VERB.search(gap) or _RESTART.search(gap):
+    if _more_words_than(gap, rule.forward) or _GAP_VERB.search(gap) or _RESTART.search(gap):
         return False
     if (cue.family == "neg" or rule.noun_phrase) and _NEG_BREAK.search(gap):
         return False
@@ -378,7 +408,12 @@ def _direct_forward(text: str, cue: _Cue, m: Mention, rule: CueRule, cues: list[
 
 
 def _direct_backward(text: str, cue: _Cue, m: Mention, rule: CueRule, cues: list[_Cue]) -> bool:
-    gap = _COPULA_TAIL.sub("", _gap(text, m.end, cue.start))
+    gap = _gap(text, m.end, cue.start)
+    if _more_words_than(
+        gap, rule.backward + 12
+    ):  # (only the copula tail below may be longer than the window)
+        return False
+    gap = _COPULA_TAIL.sub("", gap)
     if _words(gap) > rule.backward:
         return False
     if not rule.loose_backward and (_GAP_VERB.search(gap) or _BACKWARD_STOP.search(gap)):
@@ -393,27 +428,38 @@ def _link(text: str, left: Mention, right: Mention) -> str | None:
     gap = text[left.end : right.start]
     if not gap.strip(" -"):
         return "same"  # one compound: "endotracheal tube", "pleural effusion"
-    if _words(gap) > 4 or _GAP_VERB.search(gap) or _RESTART.search(gap) or not _SEPARATOR.search(gap):
+    if (
+        _more_words_than(gap, 4)
+        or _GAP_VERB.search(gap)
+        or _RESTART.search(gap)
+        or not _SEPARATOR.search(gap)
+    ):
         return None
     return "and" if _AND_OR.search(gap) else "comma"
 
 
-def _reach(text: str, cue: _Cue, items: list[Mention], cues: list[_Cue]) -> list[Mention]:
-    """The mentions a cue applies to: direct ones within its window, then along a coordinated list."""
+def _reach(text: str, cue: _Cue, items: list[Mention], starts: list[int], cues: list[_Cue]) -> list[Mention]:
+    """The mentions a cue applies to: direct ones within its window, then along a coordinated list.
+    ``items`` are the clause's mentions sorted by start, ``starts`` their starts."""
     rule = CUE_RULES[cue.category]
     reached: list[Mention] = []
     if rule.forward:
-        after = [m for m in items if m.start >= cue.end and m.observation not in rule.spares]
+        after = (items[i] for i in range(bisect_left(starts, cue.end), len(items)))
         chain: list[Mention] = []
         pending: list[Mention] = []  # comma-linked, kept only if an "and"/"or" link follows (strict)
         last = None
+        in_window, linked = True, 0
         for m in after:
-            if _direct_forward(text, cue, m, rule, cues):
+            if m.observation in rule.spares:
+                continue
+            if in_window and _direct_forward(text, cue, m, rule, cues):
                 chain += pending + [m]
                 pending = []
             else:
+                in_window = in_window and not _more_words_than(_gap(text, cue.end, m.start), rule.forward)
                 link = _link(text, last, m) if last is not None else None
-                if link is None:
+                linked += 1
+                if link is None or linked > MAX_LIST_REACH:
                     break
                 if rule.strict_forward and link == "comma":
                     pending.append(m)
@@ -423,7 +469,9 @@ def _reach(text: str, cue: _Cue, items: list[Mention], cues: list[_Cue]) -> list
             last = m
         reached += chain
     if rule.backward:
-        before = [m for m in items if m.end <= cue.start or (m.start < cue.start < m.end)]
+        before = items[
+            max(0, bisect_left(starts, cue.start) - MAX_LIST_REACH - 8) : bisect_left(starts, cue.start)
+        ]
         last = None
         seen_and = False
         for m in reversed(before):
@@ -443,14 +491,18 @@ def _reach(text: str, cue: _Cue, items: list[Mention], cues: list[_Cue]) -> list
 def _or_pairs(text: str, items: list[Mention]) -> set[int]:
     """Ids of mentions joined by "or" to another mention or alternative: "atelectasis or pneumonia"."""
     hedged: set[int] = set()
+    starts = [m.start for m in items]
     lo = max(0, items[0].start - 40)
     hi = min(len(text), max(m.end for m in items) + 40)
     for o in _OR.finditer(text, lo, hi):
         before = text[max(0, o.start() - 8) : o.start()]
         if before.endswith(("with ", "whether ")) or text.startswith("or not", o.start()):
             continue
-        left = [m for m in items if m.end <= o.start() and _near(text, m.end, o.start())]
-        right = [m for m in items if m.start >= o.end() and _near(text, o.end(), m.start)]
+        nearby = items[
+            bisect_left(starts, o.start() - _OR_WINDOW) : bisect_right(starts, o.end() + _OR_WINDOW)
+        ]
+        left = [m for m in nearby if m.end <= o.start() and _near(text, m.end, o.start())]
+        right = [m for m in nearby if m.start >= o.end() and _near(text, o.end(), m.start)]
         if left and right:
             nearest_end = max(m.end for m in left)
             nearest_start = min(m.start for m in right)
@@ -461,7 +513,7 @@ def _or_pairs(text: str, items: list[Mention]) -> set[int]:
 
 def _near(text: str, start: int, end: int) -> bool:
     gap = text[start:end]
-    return _words(gap) <= 3 and "," not in gap.strip(", ") and not _GAP_VERB.search(gap)
+    return not _more_words_than(gap, 3) and "," not in gap.strip(", ") and not _GAP_VERB.search(gap)
 
 
 def _has_descriptor(text: str, m: Mention, bounds: list[int]) -> tuple[bool, int]:
@@ -474,7 +526,7 @@ def _has_descriptor(text: str, m: Mention, bounds: list[int]) -> tuple[bool, int
         gap = _gap(text, d.end(), m.start) if d.end() <= m.start else _gap(text, m.end, d.start())
         if d.start() < m.end and d.end() > m.start:
             continue  # the descriptor is part of the mention's own text
-        if _words(gap) <= 4 and "," not in gap:
+        if not _more_words_than(gap, 4) and "," not in gap:
             return True, d.end() if d.start() >= m.end else m.start
     return False, m.end
 
@@ -487,12 +539,13 @@ def _classify(text: str, bounds: list[int], mentions: list[Mention], cues: list[
     cues_by_segment: dict[int, list[_Cue]] = {}
     for cue in cues:
         cues_by_segment.setdefault(cue.segment, []).append(cue)
+    starts_by_segment = {segment: [m.start for m in items] for segment, items in by_segment.items()}
     families: dict[int, set[str]] = {id(m): set() for m in mentions}
     for cue in cues:
         items = by_segment.get(cue.segment)
         if not items:
             continue
-        for m in _reach(text, cue, items, cues_by_segment[cue.segment]):
+        for m in _reach(text, cue, items, starts_by_segment[cue.segment], cues_by_segment[cue.segment]):
             families[id(m)].add(cue.family)
             m.cues.append(cue.category)
     by_id = {id(m): m for m in mentions}
@@ -521,9 +574,12 @@ def _attribute_code(text: str, bounds: list[int], m: Mention, fam: set[str], cue
     if "neg" in fam:
         return NEGATIVE
     found, far = _has_descriptor(text, m, bounds)
+    lo, hi = min(m.end, far), max(m.end, far)
     hedged_between = found and any(
-        c.family == "unc" and c.segment == m.segment and min(m.end, far) <= c.start < max(m.end, far)
-        for c in cues
+        c.family == "unc" and c.segment == m.segment
+        for c in cues[
+            bisect_left(cues, lo, key=lambda c: c.start) : bisect_left(cues, hi, key=lambda c: c.start)
+        ]
     )
     if "unc" in fam or hedged_between:
         return UNCERTAIN

@@ -361,3 +361,21 @@ def test_rule_labeler_scoring_loads_no_torch_or_transformers(tmp_path):
     assert "RC 0 HEAVY []" in result.stdout, result.stdout + result.stderr
     labels = {r["id"]: r for r in csv.DictReader((tmp_path / "e" / "labels.csv").open(newline=""))}
     assert labels["a"]["ref:Pleural Effusion"] == "1" and labels["a"]["pred:Pleural Effusion"] == "0"
+
+
+def test_a_200k_character_prediction_is_scored(tmp_path):
+    """Longer than csv's default field limit (131,072): a degenerate generation must still be scored."""
+    long = "No pleural effusion. " * 10_000  # 210,000 characters
+    preds = write_csv(tmp_path / "p.csv", ["id", "reference", "prediction"], [("a", "No effusion.", long)])
+    out = tmp_path / "e"
+    assert run_cli("--predictions", preds, "--out", out, "--no-nlg", "--no-plots") == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_reports"] == 1 and metrics["polarity"]["Pleural Effusion"]["agree"] == 1
+
+
+def test_a_utf8_decode_error_names_the_file_and_the_line(tmp_path, key_labeler, capsys):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(b"id,reference,prediction\ns1,Edema: pos,Edema: pos\ns2,Edema: pos,caf\xe9\n")
+    assert run_cli("--predictions", path, "--out", tmp_path / "e", "--no-nlg", "--no-plots") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "latin1.csv: line 3 is not valid UTF-8" in err[0]

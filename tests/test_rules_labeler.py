@@ -229,20 +229,27 @@ def test_no_finding_blockers_can_be_switched_off():
 @pytest.mark.parametrize(
     "text",
     [
-        None,
         "",
         "   ",
         "asdf qwerty zxcv",
         "1234 5678",
         "!!! ??? ...",
         "<think></think><report></report>",
-        42,
-        b"\xff\xfe",
+        "\ufffd\x00",
     ],
 )
 def test_empty_or_garbage_input_is_all_blank(labeler, text):
-    """None, empty, non-text or unrelated text yields 14 blanks."""
+    """Empty or unrelated text yields 14 blanks."""
     assert labeler.label_one(text).tolist() == [B] * NUM_OBSERVATIONS
+
+
+@pytest.mark.parametrize("value", [None, 42, 3.5, b"No effusion."], ids=["None", "int", "float", "bytes"])
+def test_a_report_that_is_not_a_string_is_a_type_error_naming_the_type(labeler, value):
+    """None or a number is a bug upstream (a missing cell, a wrong column), not an empty report."""
+    with pytest.raises(TypeError, match=type(value).__name__):
+        labeler.label_one(value)
+    with pytest.raises(TypeError, match=type(value).__name__):
+        labeler.label(["No effusion.", value])
 
 
 def test_very_long_input_does_not_crash(labeler):
@@ -255,7 +262,7 @@ def test_very_long_input_does_not_crash(labeler):
 
 def test_label_returns_valid_int64_codes_for_a_batch(labeler):
     """label() returns an (N, 14) int64 array that passes rewards.labels.validate_codes."""
-    texts = ["No acute disease.", "Large right pleural effusion.", None, "Possible pneumonia."]
+    texts = ["No acute disease.", "Large right pleural effusion.", "", "Possible pneumonia."]
     codes = labeler.label(texts)
     assert codes.shape == (4, NUM_OBSERVATIONS) and codes.dtype == np.int64
     validate_codes(codes)

@@ -1,0 +1,140 @@
+"""How a run starts in its folder: fresh, resumed, or refused, decided before the model loads.
+
+    no --resume     a folder that already holds a run is refused (``--overwrite`` clears it first)
+    --resume        the newest checkpoint that verifies; none at all is an error
+    --resume auto   the same, or a fresh start when the run has no checkpoint yet (torchrun --max-restarts)
+
+A resumed run's config is compared with its ``config.yaml``: a change that alters the run is refused unless
+``--allow-config-change`` names it; accepted changes are appended to ``config_history.jsonl`` and
+``config.yaml`` is rewritten to describe the run as it continues.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from grpo import checkpoint
+from grpo.config import TrainConfig, check_resume_config, to_dict
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+HISTORY_FILE = "config_history.jsonl"
+# What a run writes in its folder; --overwrite removes these and nothing else (a warm-start SFT run in
+# <run>/sft is a run of its own: train.py passes --overwrite on to it).
+RUN_ENTRIES = (CONFIG_FILE, HISTORY_FILE, "metrics.jsonl", "samples.jsonl", "checkpoints", "tensorboard",
+               "final_adapter", "wandb-run-id.txt")  # fmt: skip
+
+
+class RunFolderError(RuntimeError):
+    """The run folder cannot be used as asked; the message says why and what to do."""
+
+
+def holds_run(run_dir: Path) -> list[str]:
+    """The run entries present in ``run_dir`` (empty: nothing to protect)."""
+    return [
+        name for name in RUN_ENTRIES if (Path(run_dir) / name).exists() and not _stray_file(run_dir, name)
+    ]
+
+
+def _stray_file(run_dir: Path, name: str) -> bool:
+    """A plain file where a run keeps a folder is no run (check_writable reports it)."""
+    return name in ("checkpoints", "tensorboard", "final_adapter") and (Path(run_dir) / name).is_file()
+
+
+def clear_run(run_dir: Path) -> None:
+    for name in RUN_ENTRIES:
+        path = Path(run_dir) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and write a probe file in it, so a full or read-only disk fails now,
+    not at the first checkpoint."""
+    probe = Path(folder) / f".write-probe-{os.getpid()}"
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise RunFolderError(f"{folder}: not writable ({err.strerror or err})") from None
+
+
+def _write_config(run_dir: Path, cfg: TrainConfig) -> None:
+    tmp = run_dir / f".{CONFIG_FILE}.tmp"
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    os.replace(tmp, run_dir / CONFIG_FILE)
+
+
+def _read_saved_config(run_dir: Path) -> dict | None:
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise RunFolderError(f"{path}: unreadable ({err})") from None
+    if not isinstance(saved, dict):
+        raise RunFolderError(f"{path}: not a config mapping")
+    return saved
+
+
+def start(
+    cfg: TrainConfig, resume: bool | str = False, allow_changes: Sequence[str] = (), overwrite: bool = False
+) -> dict | None:
+    """Prepare ``cfg.output_dir`` (rank 0) and return the checkpoint to resume from, read, or None for a fresh
+    start. Raises RunFolderError, CheckpointError or ConfigDriftError (each a one-line message)."""
+    run_dir = Path(cfg.output_dir)
+    if resume not in (False, True, "auto"):
+        raise ValueError(f"resume must be False, True or 'auto', got {resume!r}")
+    present = holds_run(run_dir)
+    if not resume and present:
+        if not overwrite:
+            raise RunFolderError(
+                f"{run_dir} already holds a run ({', '.join(present)}); continue it with --resume, "
+                "or replace it with --overwrite"
+            )
+        log.warning("--overwrite: removing the run in %s (%s)", run_dir, ", ".join(present))
+        clear_run(run_dir)
+    check_writable(run_dir)
+    check_writable(run_dir / "checkpoints")
+
+    state = checkpoint.find_resumable(run_dir, rank=0) if resume else None
+    if state is None and resume is True:
+        raise checkpoint.CheckpointError(
+            f"--resume: no checkpoint under {run_dir / 'checkpoints'} (use --resume auto to start fresh then)"
+        )
+    if state is None:
+        if present and resume == "auto":
+            log.info("--resume auto: %s has no checkpoint yet, starting the run afresh", run_dir)
+            clear_run(run_dir)
+            check_writable(run_dir / "checkpoints")
+        _write_config(run_dir, cfg)
+        return None
+
+    saved = _read_saved_config(run_dir)
+    if saved is None:
+        log.warning("%s has no %s: the config cannot be compared with the run's", run_dir, CONFIG_FILE)
+    else:
+        changes = check_resume_config(saved, cfg, allow_changes)
+        if changes:
+            step = state["trainer_state"]["step"]
+            record = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                      "changes": {k: {"from": old, "to": new} for k, (old, new) in changes.items()}}  # fmt: skip
+            with open(run_dir / HISTORY_FILE, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            log.warning("config changed from step %d on: %s", step,
+                        ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()))  # fmt: skip
+    _write_config(run_dir, cfg)
+    return state

@@ -1,0 +1,502 @@
+"""Fault injection on the tiny model: what a shared cluster does to a run, and what the run does about it.
+
+Every test breaks something real (a signal, a truncated or planted checkpoint file, a changed config, a torn
+log line, a reused or unwritable folder, a truncated PNG) and checks the user-visible outcome: the run
+continues exactly as an uninterrupted one, or stops with one line naming the cause, before the model loads
+where it can.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import train
+from grpo import checkpoint
+from grpo.checkpoint import CheckpointError
+from grpo.config import ConfigDriftError, ConfigError, load_config
+from grpo.preemption import Preempted
+from grpo.run_dir import RunFolderError
+from grpo.sampler import ShardedBatches
+from grpo.trainer import TIMING_KEYS, Trainer
+from model.optim import cosine_lr_factor
+from rewards.combine import RewardOutput
+
+STEPS = 4
+RUN = ("model.lora.rank=4", "model.lora.alpha=8", "model.lora.dropout=0.1", "sampling.max_new_tokens=6",
+       "batch.prompts_per_device=2", "optim.warmup_ratio=0.0", "optim.grad_clip=1.0", "optim.lr=0.02",
+       "grpo.beta=0.04", f"max_steps={STEPS}", "save_every=2", "keep_last=2")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from data.synthetic import generate_world
+
+    return generate_world(tmp_path_factory.mktemp("world"), n=12, seed=3, image_size=56)
+
+
+def overrides(tiny_model_dir, world, out, *extra):
+    return [f"model.path={tiny_model_dir}", f"data.annotation={world}", f"output_dir={out}", "device=cpu",
+            *RUN, *extra]  # fmt: skip
+
+
+def make_cfg(tiny_model_dir, world, out, *extra):
+    return load_config(None, overrides(tiny_model_dir, world, out, *extra))
+
+
+def e_share(completions, references, keys):
+    r = np.array([t.count("e") / max(len(t), 1) for t in completions], dtype=np.float32)
+    return RewardOutput(total=r, terms={"e_share": r})
+
+
+def signal_at_call(n, signum=signal.SIGTERM):
+    """A reward that sends this process ``signum`` while scoring its n-th batch (i.e. mid-step n)."""
+    calls = []
+
+    def reward(completions, references, keys):
+        calls.append(1)
+        if len(calls) == n:
+            os.kill(os.getpid(), signum)
+        return e_share(completions, references, keys)
+
+    return reward
+
+
+def run(cfg, **kwargs):
+    trainer = Trainer(cfg, reward_fn=kwargs.pop("reward_fn", e_share), **kwargs)
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    return trainer
+
+
+def metrics(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS and not k.startswith("time/")} for r in rows]
+
+
+def assert_same_run(a_dir, b_dir):
+    a, b = metrics(a_dir), metrics(b_dir)
+    assert [r["step"] for r in b] == list(range(1, STEPS + 1))
+    for row_a, row_b in zip(a, b):
+        assert row_a.keys() == row_b.keys()
+        for key in row_a:
+            assert row_a[key] == pytest.approx(row_b[key], rel=1e-5, abs=1e-7), (row_a["step"], key)
+
+
+@pytest.fixture(scope="module")
+def straight(tiny_model_dir, world, tmp_path_factory):
+    """The uninterrupted run every recovered run must reproduce."""
+    out = tmp_path_factory.mktemp("straight")
+    run(make_cfg(tiny_model_dir, world, out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tiny_model_dir, world, tmp_path_factory):
+    """A run stopped after step 4 of 6, holding the checkpoints of steps 2 and 4 (copy before changing)."""
+    out = tmp_path_factory.mktemp("two-checkpoints")
+    trainer = Trainer(make_cfg(tiny_model_dir, world, out, "max_steps=6"), reward_fn=e_share)
+    trainer.train(stop_after=4)
+    trainer.close()
+    assert [p.name for p in checkpoint.list_checkpoints(out)] == ["step-000002", "step-000004"]
+    return out
+
+
+def copy_run(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def cli(tiny_model_dir, world, out, *args, extra=()):
+    """train.py's main() on an empty YAML (every key comes from the overrides) -> exit code."""
+    config = Path(tempfile.mkdtemp()) / "empty.yaml"
+    config.write_text("{}\n")
+    return train.main(["--config", str(config), *args, *overrides(tiny_model_dir, world, out, *extra)])
+
+
+def one_line_error(capsys) -> str:
+    """The one error line train.py printed (the progress bar also writes to stderr), and no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [line for line in re.split(r"[\r\n]+", err) if line.startswith(("error:", "stopped by"))]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if the policy model would be loaded (the check must come before it)."""
+
+    def refuse(self, policy=None):
+        raise AssertionError("the model was loaded before the error")
+
+    monkeypatch.setattr(Trainer, "_load_policy", refuse)
+
+
+# ------------------------------------------------------------------------------------------ preemption
+
+
+def test_sigterm_mid_step_checkpoints_that_step_and_resume_auto_equals_the_uninterrupted_run(
+    tiny_model_dir, world, tmp_path, straight
+):
+    out = tmp_path / "run"
+    with pytest.raises(Preempted) as stop:
+        run(make_cfg(tiny_model_dir, world, out), reward_fn=signal_at_call(3))
+    assert stop.value.step == 3 and stop.value.exit_code == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM after step 3" in str(stop.value)
+    assert (out / "checkpoints" / "step-000003" / checkpoint.MANIFEST_FILE).is_file()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone with the run
+    resumed = run(make_cfg(tiny_model_dir, world, out), resume="auto")
+    assert resumed.step == STEPS
+    assert_same_run(straight, out)
+
+
+def test_sigint_stops_the_same_way(tiny_model_dir, world, tmp_path):
+    with pytest.raises(Preempted) as stop:
+        run(make_cfg(tiny_model_dir, world, tmp_path), reward_fn=signal_at_call(1, signal.SIGINT))
+    assert stop.value.step == 1 and stop.value.exit_code == 130
+    assert checkpoint.latest_checkpoint(tmp_path).name == "step-000001"
+
+
+def test_resume_auto_starts_fresh_when_the_run_has_no_checkpoint_yet(tiny_model_dir, world, tmp_path):
+    out = tmp_path / "run"
+    trainer = Trainer(make_cfg(tiny_model_dir, world, out), reward_fn=e_share)
+    trainer.train(stop_after=1)  # killed before the first checkpoint: a config and one metrics row
+    trainer.close()
+    run(make_cfg(tiny_model_dir, world, out, "max_steps=2"), resume="auto")
+    assert [r["step"] for r in metrics(out)] == [1, 2]
+
+
+# ---------------------------------------------------------------------------------------- checkpoints
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+CORRUPTIONS = {
+    "truncated optimizer.pt": ("optimizer.pt", _truncate),
+    "truncated rng.pt": ("rng.pt", _truncate),
+    "truncated scheduler.pt": ("scheduler.pt", _truncate),
+    "truncated adapter": ("adapter/adapter_model.safetensors", _truncate),
+    "broken trainer_state.json": ("trainer_state.json", lambda p: p.write_text('{"step": 4, "sam')),
+    "deleted optimizer.pt": ("optimizer.pt", lambda p: p.unlink()),
+    "deleted manifest": ("manifest.json", lambda p: p.unlink()),
+}
+
+
+@pytest.mark.parametrize("fault", list(CORRUPTIONS))
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_older_one_with_one_line(
+    tiny_model_dir, world, tmp_path, two_checkpoints, fault, caplog, no_model_load
+):
+    name, damage = CORRUPTIONS[fault]
+    out = copy_run(two_checkpoints, tmp_path / "run")
+    damage(out / "checkpoints" / "step-000004" / name)
+    with caplog.at_level(logging.WARNING, logger="grpo.checkpoint"):
+        state = checkpoint.find_resumable(out, rank=0)
+    assert state["trainer_state"]["step"] == 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "step-000004" in warnings[0] and "step-000002" in warnings[0]
+    assert name.split("/")[-1] in warnings[0] or "manifest" in warnings[0]
+
+
+def test_a_deleted_optimizer_file_resumes_from_the_older_checkpoint_never_from_fresh_state(
+    tiny_model_dir, world, tmp_path, two_checkpoints
+):
+    """The probe that found 5 of 6 metric rows differing: now the run continues as if never interrupted."""
+    out = copy_run(two_checkpoints, tmp_path / "run")
+    (out / "checkpoints" / "step-000004" / "optimizer.pt").unlink()
+    straight6 = tmp_path / "straight6"
+    run(make_cfg(tiny_model_dir, world, straight6, "max_steps=6"))
+    resumed = run(make_cfg(tiny_model_dir, world, out, "max_steps=6"), resume=True)
+    assert resumed.step == 6
+    a, b = metrics(straight6), metrics(out)
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    for row_a, row_b in zip(a, b):
+        for key in row_a:
+            assert row_a[key] == pytest.approx(row_b[key], rel=1e-5, abs=1e-7), (row_a["step"], key)
+
+
+def test_no_usable_checkpoint_stops_with_one_line_and_exit_code_2(
+    tiny_model_dir, world, tmp_path, two_checkpoints, capsys, no_model_load
+):
+    out = copy_run(two_checkpoints, tmp_path / "run")
+    for step_dir in checkpoint.list_checkpoints(out):
+        _truncate(step_dir / "rng.pt")
+    assert cli(tiny_model_dir, world, out, "--resume", extra=("max_steps=6",)) == 2
+    line = one_line_error(capsys)
+    assert line.startswith("error: no usable checkpoint") and "step-000002/rng.pt" in line
+
+
+class Payload:
+    """Unpickling this runs a command: what a hostile checkpoint file would hold."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("name", checkpoint.TENSOR_FILES)
+def test_a_pickle_payload_in_a_checkpoint_file_is_refused_without_running(
+    tiny_model_dir, world, tmp_path, two_checkpoints, name, capsys, no_model_load
+):
+    """Even with the manifest rewritten to match (a hostile copy would do that), --resume refuses the file
+    in one line and the payload's command never runs."""
+    out = copy_run(two_checkpoints, tmp_path / "run")
+    marker = tmp_path / "payload-ran"
+    for step_dir in checkpoint.list_checkpoints(out):
+        with open(step_dir / name, "wb") as f:
+            pickle.dump({"state": Payload(marker)}, f)
+        checkpoint.write_manifest(step_dir)
+    assert cli(tiny_model_dir, world, out, "--resume", extra=("max_steps=6",)) == 2
+    line = one_line_error(capsys)
+    assert f"{name}: refused or unreadable" in line
+    assert not marker.exists(), "the payload ran"
+
+
+def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
+    import random
+
+    torch.save([checkpoint.rng_state()], tmp_path / "rng.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    state = torch.load(tmp_path / "rng.pt", weights_only=True)[0]
+    checkpoint.set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+# --------------------------------------------------------------------------------------- config drift
+
+
+def test_config_drift_on_resume_is_refused_with_the_changed_keys_then_allowed_and_recorded(
+    tiny_model_dir, world, tmp_path, two_checkpoints, capsys, no_model_load, monkeypatch
+):
+    out = copy_run(two_checkpoints, tmp_path / "run")
+    changed = ("max_steps=6", "optim.lr=0.01", "sampling.group_size=2", "log_every=2", "cpu_threads=1")
+    assert cli(tiny_model_dir, world, out, "--resume", extra=changed) == 2
+    line = one_line_error(capsys)
+    assert "optim.lr (0.02 -> 0.01)" in line and "sampling.group_size (4 -> 2)" in line
+    assert "log_every" not in line and "cpu_threads" not in line  # harmless keys change freely
+    with pytest.raises(ConfigDriftError):
+        Trainer(make_cfg(tiny_model_dir, world, out, *changed), resume=True)
+    monkeypatch.undo()  # the accepted resume loads the model
+
+    cfg = make_cfg(tiny_model_dir, world, out, *changed)
+    trainer = Trainer(cfg, resume=True, reward_fn=e_share, allow_config_change=("optim.lr", "sampling"))
+    assert trainer.step == 4
+    expected_lr = 0.01 * cosine_lr_factor(4, 6, 0, 0.0)  # the new lr, at the resume step of the schedule
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(expected_lr)
+    trainer.train()
+    trainer.close()
+    assert metrics(out)[-1]["lr"] == pytest.approx(0.01 * cosine_lr_factor(5, 6, 0, 0.0))
+    history = [json.loads(line) for line in (out / "config_history.jsonl").read_text().splitlines()]
+    assert history == [
+        {**history[0], "step": 4, "changes": {"optim.lr": {"from": 0.02, "to": 0.01},
+                                               "sampling.group_size": {"from": 4, "to": 2}}}
+    ]  # fmt: skip
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["optim"]["lr"] == 0.01 and saved["sampling"]["group_size"] == 2
+
+
+def test_allow_config_change_rejects_an_unknown_key(tiny_model_dir, world, tmp_path, two_checkpoints):
+    out = copy_run(two_checkpoints, tmp_path / "run")
+    with pytest.raises(ConfigError, match="unknown key 'optim.learning_rate'"):
+        Trainer(make_cfg(tiny_model_dir, world, out, "max_steps=6"), resume=True,
+                allow_config_change=("optim.learning_rate",))  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------- run folder
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_resume(tiny_model_dir, world, tmp_path, two_checkpoints):
+    out = copy_run(two_checkpoints, tmp_path / "run")
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "loss": 0.1')  # killed during a write
+    trainer = Trainer(make_cfg(tiny_model_dir, world, out, "max_steps=6"), resume=True, reward_fn=e_share)
+    trainer.close()
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4]
+
+
+def test_starting_into_a_folder_holding_a_run_is_refused_unless_overwrite(
+    tiny_model_dir, world, tmp_path, two_checkpoints, capsys
+):
+    out = copy_run(two_checkpoints, tmp_path / "run")
+    before = (out / "metrics.jsonl").read_text()
+    assert cli(tiny_model_dir, world, out, extra=("max_steps=6",)) == 2
+    line = one_line_error(capsys)
+    assert "already holds a run" in line and "--resume" in line and "--overwrite" in line
+    assert (out / "metrics.jsonl").read_text() == before  # untouched
+    run(make_cfg(tiny_model_dir, world, out, "max_steps=1"), overwrite=True)
+    assert [r["step"] for r in metrics(out)] == [1]
+    assert [p.name for p in checkpoint.list_checkpoints(out)] == ["step-000001"]
+
+
+@pytest.mark.parametrize("blocked", ["output", "checkpoints"])
+def test_an_unwritable_folder_fails_before_the_model_loads(
+    tiny_model_dir, world, tmp_path, blocked, capsys, no_model_load
+):
+    """(A file where the folder should be: unwritable even for root, who ignores permission bits.)"""
+    if blocked == "output":
+        (tmp_path / "file").write_text("")
+        out = tmp_path / "file" / "run"
+    else:
+        out = tmp_path / "run"
+        out.mkdir()
+        (out / "checkpoints").write_text("")
+    assert cli(tiny_model_dir, world, out) == 2
+    line = one_line_error(capsys)
+    assert line.startswith("error: ") and "not writable" in line
+
+
+def test_missing_chexbert_files_fail_before_the_model_loads(
+    tiny_model_dir, world, tmp_path, capsys, no_model_load
+):
+    extra = ("reward.labeler=chexbert", f"reward.chexbert_path={tmp_path}/chexbert.pth",
+             f"reward.chexbert_tokenizer={tmp_path}/bert")  # fmt: skip
+    assert cli(tiny_model_dir, world, tmp_path / "run", extra=extra) == 2
+    line = one_line_error(capsys)
+    assert "chexbert.pth" in line or "bert" in line
+
+
+# ------------------------------------------------------------------------------------------- images
+
+
+@pytest.fixture
+def broken_world(world, tmp_path):
+    """A copy of the world where the first image drawn in step 1 is a PNG cut after its header."""
+    copy = tmp_path / "world"
+    shutil.copytree(world.parent, copy)
+    annotation = copy / world.name
+    samples = load_config(None, [f"data.annotation={annotation}", "model.path=x"]).data.load_samples()
+    first = samples[ShardedBatches(len(samples), 2, seed=0).next_batch()[0]].image_paths[0]
+    data = first.read_bytes()
+    first.write_bytes(data[: len(data) // 3])  # the header still parses
+    return annotation, first
+
+
+def test_a_truncated_png_is_skipped_and_counted_with_skip_bad(tiny_model_dir, broken_world, tmp_path, caplog):
+    annotation, bad = broken_world
+    cfg = make_cfg(tiny_model_dir, annotation, tmp_path / "run", "max_steps=2", "data.skip_bad=true")
+    with caplog.at_level(logging.WARNING, logger="grpo.trainer"):
+        run(cfg)
+    rows = metrics(tmp_path / "run")
+    assert [r["step"] for r in rows] == [1, 2] and rows[0]["skipped_images"] >= 1
+    assert any(str(bad) in r.getMessage() for r in caplog.records)
+
+
+def test_a_truncated_png_without_skip_bad_stops_with_one_line_after_a_checkpoint(
+    tiny_model_dir, broken_world, tmp_path, capsys
+):
+    annotation, bad = broken_world
+    out = tmp_path / "run"
+    assert cli(tiny_model_dir, annotation, out) == 2
+    line = one_line_error(capsys)
+    assert line.startswith("error: cannot read image") and str(bad) in line
+    assert checkpoint.latest_checkpoint(out).name == "step-000000"  # nothing was lost: resumable as is
+
+
+def test_verify_images_full_finds_the_truncated_png_at_start(tiny_model_dir, broken_world, tmp_path, capsys):
+    annotation, bad = broken_world
+    assert cli(tiny_model_dir, annotation, tmp_path / "run", extra=("data.verify_images=full",)) == 2
+    line = one_line_error(capsys)
+    assert str(bad) in line
+
+
+def test_resume_without_a_checkpoint_is_an_error_not_a_fresh_start(
+    tiny_model_dir, world, tmp_path, no_model_load
+):
+    """--resume on a folder with no checkpoint: CheckpointError (--resume auto would start fresh)."""
+    with pytest.raises(CheckpointError, match="no checkpoint under"):
+        Trainer(make_cfg(tiny_model_dir, world, tmp_path / "run"), resume=True)
+    with pytest.raises(RunFolderError):
+        (tmp_path / "run2").mkdir()
+        (tmp_path / "run2" / "config.yaml").write_text("{}")
+        Trainer(make_cfg(tiny_model_dir, world, tmp_path / "run2"))
+
+
+# ------------------------------------------------------------------------------- real processes, slow
+
+
+@pytest.mark.slow
+def test_ddp_rank_sigterm_both_ranks_checkpoint_and_torchrun_restart_resumes_identically(
+    tiny_model_dir, tmp_path
+):
+    """2 processes (gloo): rank 1 alone gets SIGTERM mid-step. Both finish the step, write one checkpoint and
+    exit 143; torchrun --max-restarts=1 restarts them with resume="auto" and the run ends as the
+    uninterrupted one did, metric for metric."""
+    from data.synthetic import generate_world
+
+    world = generate_world(tmp_path / "world", n=8, seed=1, image_size=56)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    root = Path(__file__).resolve().parent.parent
+
+    def torchrun(script, first, out, restarts):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               f"--max-restarts={restarts}", str(root / "tests" / script), str(first),
+               f"model.path={tiny_model_dir}", f"data.annotation={world}", f"output_dir={out}", "device=cpu",
+               "model.lora.rank=4", "model.lora.alpha=8", "sampling.max_new_tokens=6", "batch.prompts_per_device=1",
+               "batch.grad_accum=2", "optim.lr=0.01", "optim.grad_clip=1.0", "save_every=100", "max_steps=3"]  # fmt: skip
+        return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+
+    straight = torchrun("ddp_worker.py", tmp_path / "straight.json", tmp_path / "straight", 0)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    marker = tmp_path / "sigterm-sent"
+    result = torchrun("preempt_worker.py", marker, tmp_path / "run", 1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert marker.exists(), "the signal was never sent: the test would pass trivially"
+    # rank 0 prints the same line, unless torchrun ends it first
+    assert "rank 1: stopped by SIGTERM after step 2" in result.stderr
+    a, b = metrics(tmp_path / "straight"), metrics(tmp_path / "run")
+    assert [r["step"] for r in b] == [1, 2, 3]
+    for row_a, row_b in zip(a, b):
+        for key in row_a:
+            assert row_a[key] == pytest.approx(row_b[key], rel=1e-5, abs=1e-7), (row_a["step"], key)
+
+
+@pytest.mark.slow
+def test_train_py_on_sigterm_prints_one_line_exits_143_and_resume_auto_finishes(
+    tiny_model_dir, world, tmp_path
+):
+    """The real thing: an external SIGTERM to `python train.py`, then the same command with --resume auto."""
+    out = tmp_path / "run"
+    config = tmp_path / "empty.yaml"
+    config.write_text("{}\n")
+    cmd = [sys.executable, "train.py", "--config", str(config),
+           *overrides(tiny_model_dir, world, out, "max_steps=40", "save_every=100")]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().strip()):
+        assert proc.poll() is None and time.monotonic() < deadline, "train.py ended before its first step"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    stopped = [line for line in re.split(r"[\r\n]+", err) if line.startswith("stopped by SIGTERM")]
+    assert len(stopped) == 1 and "--resume" in stopped[0] and "Traceback" not in err
+    step = int(re.search(r"after step (\d+)", stopped[0]).group(1))
+    assert step < 40 and checkpoint.latest_checkpoint(out).name == f"step-{step:06d}"
+
+    resumed = subprocess.run([*cmd, "--resume", "auto"], cwd=root, env=env, capture_output=True, text=True,
+                             timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [r["step"] for r in metrics(out)] == list(range(1, 41))
