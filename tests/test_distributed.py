@@ -72,8 +72,9 @@ def test_two_ranks_give_the_gradient_of_one_process_holding_the_whole_batch(tiny
     ]
     torchrun(worker, tmp_path / "two.pt", *args)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, str(worker), str(tmp_path / "one.pt"), *args], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    single = subprocess.run([sys.executable, str(worker), str(tmp_path / "one.pt"), *args,
+                             f"output_dir={tmp_path / 'run-one'}"],  # (a folder holding a run is not reused)
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert single.returncode == 0, single.stderr[-4000:]
     two, one = torch.load(tmp_path / "two.pt"), torch.load(tmp_path / "one.pt")
     for aggregation in ("sequence", "token", "dr_grpo"):
