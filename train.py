@@ -41,8 +41,9 @@ log = logging.getLogger("train")
 
 
 def prepare_assets(cfg: TrainConfig, is_main: bool) -> None:
-    """Demo assets, made once and atomically (rank 0, others wait): the synthetic world when
-    ``data.synthetic_n > 0`` and the tiny model when ``model.build_tiny``, each only when absent."""
+    """Demo assets, made once and atomically (rank 0, others wait), each only when absent: the synthetic
+    world when ``data.synthetic_n > 0``, the tiny model when ``model.build_tiny``, the pretrained
+    synthetic base when ``model.build_base`` (the demo ships it; rebuilding takes a while, see model/base.py)."""
     annotation = Path(cfg.data.annotation)
     model_dir = Path(cfg.model.path)
     if is_main and cfg.data.synthetic_n > 0 and not annotation.exists():
@@ -51,7 +52,8 @@ def prepare_assets(cfg: TrainConfig, is_main: bool) -> None:
         log.info("generating the synthetic world (%d studies) in %s", cfg.data.synthetic_n, annotation.parent)
         tmp = annotation.parent.with_name(annotation.parent.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        generate_world(tmp, n=cfg.data.synthetic_n, seed=cfg.data.synthetic_seed)
+        generate_world(tmp, n=cfg.data.synthetic_n, seed=cfg.data.synthetic_seed,
+                       image_size=cfg.data.synthetic_image_size)
         shutil.rmtree(annotation.parent, ignore_errors=True)
         tmp.rename(annotation.parent)
     if is_main and cfg.model.build_tiny and not (model_dir / "config.json").exists():
@@ -66,6 +68,16 @@ def prepare_assets(cfg: TrainConfig, is_main: bool) -> None:
         build_tiny_model(tmp, texts, seed=cfg.seed)
         shutil.rmtree(model_dir, ignore_errors=True)
         tmp.rename(model_dir)
+    if is_main and cfg.model.build_base and not (model_dir / "config.json").exists():
+        from model.base import BaseRecipe, build_base_model
+
+        recipe = BaseRecipe()
+        if recipe.image_size != cfg.data.synthetic_image_size:
+            raise ValueError(f"data.synthetic_image_size is {cfg.data.synthetic_image_size} but the base "
+                             f"model is pretrained on {recipe.image_size}-pixel images")  # fmt: skip
+        log.info("building the pretrained synthetic base in %s (%d steps; see model/base.py)", model_dir,
+                 recipe.steps)  # fmt: skip
+        build_base_model(model_dir, recipe)  # written to a temporary folder, then renamed
     distributed.barrier()
 
 

@@ -44,7 +44,8 @@ class LoraConfig:
 @dataclass
 class ModelConfig:
     path: str | None = None  # a local Qwen2.5-VL checkpoint directory (required)
-    build_tiny: bool = False  # build the tiny offline model at `path` when it is absent (demo)
+    build_tiny: bool = False  # build the tiny offline model at `path` when it is absent (unit-test sized)
+    build_base: bool = False  # build the pretrained synthetic base (model/base.py) at `path` when absent
     dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     attn_implementation: str = "auto"  # auto: flash_attention_2 when importable on CUDA, else sdpa
     min_pixels: int | None = None  # image resolution bounds for the processor
@@ -70,6 +71,7 @@ class DataConfig:
     verify_images: str = "header"
     synthetic_n: int = 0  # > 0: generate the synthetic world at `annotation`'s folder when absent (demo)
     synthetic_seed: int = 0
+    synthetic_image_size: int = 112  # pixels per side; must match the base model's pretraining world
     prompt: PromptConfig = field(default_factory=PromptConfig)
 
     def load_samples(self, split: str | None = None) -> list:
@@ -429,6 +431,10 @@ def validate(cfg: TrainConfig) -> None:
     _require(o.grad_clip > 0, f"optim.grad_clip: must be > 0, got {o.grad_clip}")
     _require(b.prompts_per_device >= 1, f"batch.prompts_per_device: must be >= 1, got {b.prompts_per_device}")
     _require(b.grad_accum >= 1, f"batch.grad_accum: must be >= 1, got {b.grad_accum}")
+    _require(
+        not (cfg.model.build_tiny and cfg.model.build_base),
+        "model.build_tiny and model.build_base: choose one model to build at model.path",
+    )
     _require(cfg.model.lora.rank >= 1, f"model.lora.rank: must be >= 1, got {cfg.model.lora.rank}")
     _require(
         0 <= cfg.model.lora.dropout < 1,
