@@ -7,7 +7,8 @@ model cannot, and GRPO then has nothing to select on. This module makes the offl
    kept apart from the demo world's train / val / test studies;
 2. a small Qwen2.5-VL (`model.tiny`: same classes and code paths as the 7B model, sizes in `BASE_SIZES`)
    with a tokenizer trained on the pretraining reports;
-3. full-weight training, vision tower included, on "image(s) -> report" with token cross-entropy.
+3. stage 1: the vision tower learns to see through a finding probe (`FindingProbe`, dropped afterwards);
+4. stage 2: every weight on "image(s) -> report" with token cross-entropy (the probe's loss kept on).
 
 The result is an ordinary checkpoint folder (weights in safetensors, tokenizer, processor, and
 ``base_recipe.json`` recording how it was made). Same recipe and seed -> the same model on a machine.
@@ -62,12 +63,14 @@ class BaseRecipe:
     sizes: TinySizes = field(default_factory=lambda: BASE_SIZES)
     vocab_size: int = 2048
     multi_view: bool = True  # all views of a study in one prompt, as the demo trains
-    steps: int = 400
+    vision_steps: int = 600  # stage 1: the vision tower and the finding probe alone
+    vision_lr: float = 2e-3
+    steps: int = 400  # stage 2: every weight, report cross-entropy + the finding probe's loss
     batch_size: int = 16
     lr: float = 2e-3
     warmup_steps: int = 50
     weight_decay: float = 0.01
-    finding_loss_weight: float = 1.0  # the vision tower's auxiliary loss (see FindingProbe); 0: off
+    finding_loss_weight: float = 1.0  # weight of the probe's loss in stage 2
     seed: int = 0
 
 
@@ -114,41 +117,86 @@ def finding_targets(samples) -> torch.Tensor:
     return ((codes == POSITIVE) | (codes == UNCERTAIN)).float()
 
 
-def pretrain(model, processor, samples, recipe: BaseRecipe, log_every: int = 50) -> list[float]:
-    """Full-weight training on (image(s) -> report): report cross-entropy plus the vision tower's finding
-    loss (`FindingProbe`). Returns the report cross-entropy of every step."""
+def _cosine_with_warmup(optimizer, steps: int, warmup: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _batches(n: int, batch_size: int, steps: int, rng: np.random.Generator):
+    """Index batches for ``steps`` steps: epochs of random permutations."""
+    order, cursor = rng.permutation(n), 0
+    for _ in range(steps):
+        if cursor + batch_size > n:
+            order, cursor = rng.permutation(n), 0
+        yield order[cursor : cursor + batch_size]
+        cursor += batch_size
+
+
+def _finding_loss(probe, per_image, batch_samples) -> torch.Tensor:
+    logits = probe(per_image, [len(s.image_paths) for s in batch_samples])
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, finding_targets(batch_samples))
+
+
+def pretrain_vision(
+    model, processor, samples, probe, recipe: BaseRecipe, log_every: int = 100
+) -> list[float]:
+    """Stage 1: the vision tower (and merger) learns to see, through the finding probe alone. Cheap: no
+    language model in the loop, each study's pixels prepared once."""
+    from data.batching import load_images
+
+    visual = model.model.visual
+    prepared = []
+    for s in samples:
+        out = processor.image_processor(images=load_images(s.image_paths), return_tensors="pt")
+        prepared.append((out["pixel_values"], out["image_grid_thw"]))
+    parameters = [*visual.parameters(), *probe.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=recipe.vision_lr, weight_decay=recipe.weight_decay)
+    scheduler = _cosine_with_warmup(optimizer, recipe.vision_steps, recipe.warmup_steps)
+    losses, start = [], time.perf_counter()
+    visual.train()
+    rng = np.random.default_rng([recipe.seed, 1])
+    for step, picked in enumerate(_batches(len(samples), recipe.batch_size, recipe.vision_steps, rng)):
+        pixels = torch.cat([prepared[i][0] for i in picked])
+        grid = torch.cat([prepared[i][1] for i in picked])
+        per_image = tuple(model.model.get_image_features(pixels, grid, return_dict=True).pooler_output)
+        loss = _finding_loss(probe, per_image, [samples[i] for i in picked])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if (step + 1) % log_every == 0:
+            logger.info("base stage 1 (vision) step %d/%d: finding loss %.3f (%.1f s)", step + 1,
+                        recipe.vision_steps, float(np.mean(losses[-log_every:])), time.perf_counter() - start)  # fmt: skip
+    return losses
+
+
+def pretrain(model, processor, samples, probe, recipe: BaseRecipe, log_every: int = 50) -> list[float]:
+    """Stage 2: every weight on (image(s) -> report) with token cross-entropy, the finding probe's loss
+    kept on so the visual features stay sharp. Returns the report cross-entropy of every step."""
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
     from data.batching import append_completion, collate_prompts, load_images
     from data.prompts import PromptConfig
-    from rewards.labels import FINDINGS
 
     tokenizer = processor.tokenizer
     stop_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     images = [load_images(s.image_paths) for s in samples]  # decoded once: the world is small
-    rng = np.random.default_rng(recipe.seed)
-    probe = FindingProbe(model.config.text_config.hidden_size, len(FINDINGS))
     parameters = [*model.parameters(), *probe.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    scheduler = _cosine_with_warmup(optimizer, recipe.steps, recipe.warmup_steps)
     inner = model.model
-
-    def lr_at(step: int) -> float:
-        if step < recipe.warmup_steps:
-            return (step + 1) / recipe.warmup_steps
-        progress = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     model.train()
     losses: list[float] = []
     finding_losses: list[float] = []
-    order = rng.permutation(len(samples))
-    cursor, start = 0, time.perf_counter()
-    for step in range(recipe.steps):
-        if cursor + recipe.batch_size > len(order):
-            order, cursor = rng.permutation(len(samples)), 0
-        picked = order[cursor : cursor + recipe.batch_size]
-        cursor += recipe.batch_size
+    start = time.perf_counter()
+    rng = np.random.default_rng([recipe.seed, 2])
+    for step, picked in enumerate(_batches(len(samples), recipe.batch_size, recipe.steps, rng)):
         batch_samples = [samples[i] for i in picked]
         prompts = collate_prompts(
             processor, batch_samples, PromptConfig(), images=[images[i] for i in picked]
@@ -163,25 +211,18 @@ def pretrain(model, processor, samples, recipe: BaseRecipe, log_every: int = 50)
         )
         encoded = {"image": BaseModelOutputWithPooling(pooler_output=per_image)}
         loss = model(**inputs, mm_encoder_outputs=encoded, labels=labels).loss
-        total = loss
-        if recipe.finding_loss_weight > 0:
-            finding_logits = probe(per_image, [len(s.image_paths) for s in batch_samples])
-            finding_loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                finding_logits, finding_targets(batch_samples)
-            )
-            total = loss + recipe.finding_loss_weight * finding_loss
-        total.backward()
+        finding_loss = _finding_loss(probe, per_image, batch_samples)
+        (loss + recipe.finding_loss_weight * finding_loss).backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
-        finding_losses.append(finding_loss.item() if recipe.finding_loss_weight > 0 else 0.0)
+        finding_losses.append(finding_loss.item())
         if (step + 1) % log_every == 0 or step == 0:
-            recent = float(np.mean(losses[-log_every:]))
-            logger.info("base pretraining step %d/%d: report loss %.3f, finding loss %.3f (%.1f s)", step + 1,
-                        recipe.steps, recent, float(np.mean(finding_losses[-log_every:])),
-                        time.perf_counter() - start)  # fmt: skip
+            logger.info("base stage 2 (reports) step %d/%d: report loss %.3f, finding loss %.3f (%.1f s)",
+                        step + 1, recipe.steps, float(np.mean(losses[-log_every:])),
+                        float(np.mean(finding_losses[-log_every:])), time.perf_counter() - start)  # fmt: skip
     model.eval()
     return losses
 
@@ -214,13 +255,18 @@ def build_base_model(
     torch.manual_seed(recipe.seed)
     model, processor = load_model_and_processor(init, device="cpu")
     samples = load_annotation(annotation, "train", multi_view=recipe.multi_view, check_images=False)
-    losses = pretrain(model, processor, samples, recipe)
+    from rewards.labels import FINDINGS
+
+    probe = FindingProbe(model.config.text_config.hidden_size, len(FINDINGS))
+    finding_losses = pretrain_vision(model, processor, samples, probe, recipe)
+    losses = pretrain(model, processor, samples, probe, recipe)
     tmp.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
     for name in ("tiny_sizes.json",):
         shutil.copy(init / name, tmp / name)
-    record = {**asdict(recipe), "final_loss": float(np.mean(losses[-50:]))}
+    record = {**asdict(recipe), "final_report_loss": float(np.mean(losses[-50:])),
+              "stage1_finding_loss": float(np.mean(finding_losses[-50:]))}  # fmt: skip
     (tmp / "base_recipe.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     if work_dir is None:
         shutil.rmtree(work, ignore_errors=True)
