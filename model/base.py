@@ -236,6 +236,7 @@ def build_base_model(
     from data.synthetic import generate_world, world_texts
     from model.loading import load_model_and_processor
     from model.tiny import build_tiny_model
+    from rewards.labels import FINDINGS
 
     recipe = recipe or BaseRecipe()
     out_dir = Path(out_dir)
@@ -252,11 +253,9 @@ def build_base_model(
     texts = [*world_texts(annotation), prompt.system, prompt.instruction, *_FORMAT_WORDS]
     init = work / "init"
     build_tiny_model(init, texts, vocab_size=recipe.vocab_size, seed=recipe.seed, sizes=recipe.sizes)
-    torch.manual_seed(recipe.seed)
     model, processor = load_model_and_processor(init, device="cpu")
     samples = load_annotation(annotation, "train", multi_view=recipe.multi_view, check_images=False)
-    from rewards.labels import FINDINGS
-
+    torch.manual_seed(recipe.seed)  # the probe's initial weights
     probe = FindingProbe(model.config.text_config.hidden_size, len(FINDINGS))
     finding_losses = pretrain_vision(model, processor, samples, probe, recipe)
     losses = pretrain(model, processor, samples, probe, recipe)
