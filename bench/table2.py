@@ -1,0 +1,221 @@
+"""The paper's Table II in the synthetic world: which reward makes reports clinically right?
+
+For each seed: one SFT run (the demo's warm start, from the pretrained synthetic base), then GRPO from that
+same SFT adapter under each reward of the paper's ablation: NLG (BLEU-4 + ROUGE-L + CIDEr-D), format only,
+CE-F1, CE-F1 + format, MCCS, MCCS + format. Every row runs the demo's recipe (configs/demo.yaml) and
+differs from the others only in ``reward.weights``. Each model writes greedy reports for the world's test
+split (one per study), which are scored against the studies' TRUE labels (so a labeler error cannot look
+like a model error): CE micro- and macro-F1 over the 14 observations, uncertain as negative.
+
+    python bench/table2.py                    # 3 seeds, the demo's step counts (about an hour on 2 cores)
+    python bench/table2.py --quick            # 3 seeds, a third of the steps: a rough table
+    python bench/table2.py --jobs 1           # one run at a time (default 2: each run uses one thread)
+
+Writes ``<out>/table2.json`` (every run's figures and the summary), ``<out>/table2.md`` and
+``<out>/table2.png``; prints the table and whether the paper's ordering holds within the seeds' spread.
+Finished runs are reused when the command is run again (delete ``<out>`` to start over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from grpo.config import load_config  # noqa: E402
+
+DEMO = ROOT / "configs" / "demo.yaml"
+# (row name, reward weights) in the paper's Table II order; the weights of the combined rows are the paper's.
+GRPO_ROWS = (
+    ("NLG", {"nlg": 1.0}),
+    ("format", {"format": 1.0}),
+    ("CE-F1", {"cef1": 1.0}),
+    ("CE-F1 + format", {"cef1": 0.75, "format": 0.25}),
+    ("MCCS", {"mccs": 1.0}),
+    ("MCCS + format", {"mccs": 0.75, "format": 0.25}),
+)
+# The paper's claim, as an ordering of rows by CE-F1 (Table II, IU X-Ray).
+PAPER_ORDER = ("MCCS + format", "MCCS", "CE-F1", "NLG", "SFT")
+
+
+def slug(name: str) -> str:
+    return name.lower().replace(" + ", "_").replace("-", "").replace(" ", "_")
+
+
+def run(cmd: list[str], log_file: Path) -> None:
+    """Run one command (a fresh process per run: threads and memory start clean), its output to a log."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "w") as sink:
+        done = subprocess.run(cmd, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {done.returncode}); see {log_file}")
+
+
+def train(run_dir: Path, overrides: list[str]) -> None:
+    if (run_dir / "final_adapter").is_dir():
+        return
+    run([sys.executable, "train.py", "--config", str(DEMO), "--resume", "auto", f"output_dir={run_dir}", *overrides],
+        run_dir.with_suffix(".train.log"))  # fmt: skip
+
+
+def evaluate(run_dir: Path, eval_dir: Path, no_adapter: bool = False) -> dict:
+    """Greedy reports on the test split (one per study), scored against the true labels by evaluate.py;
+    returns its truth-based CE micro- and macro-F1 over the 14 observations."""
+    metrics_file = eval_dir / "metrics.json"
+    if not metrics_file.is_file():
+        cmd = [sys.executable, "evaluate.py", "--run", str(run_dir), "--split", "test", "--out", str(eval_dir),
+               "--no-nlg", "--no-plots"]  # fmt: skip
+        if no_adapter:
+            cmd.append("--no-adapter")
+        run(cmd, eval_dir.with_suffix(".eval.log"))
+    ce = json.loads(metrics_file.read_text())["truth"]["ce"]["14"]
+    return {"micro_f1": ce["micro"]["f1"], "macro_f1": ce["macro"]["f1"]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "table2")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--quick", action="store_true", help="a third of the SFT and GRPO steps")
+    parser.add_argument("--grpo-steps", type=int, help="GRPO steps per row (default: the demo's max_steps)")
+    parser.add_argument("--sft-steps", type=int, help="SFT steps per seed (default: the demo's sft.steps)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each uses one CPU thread)")
+    args = parser.parse_args(argv)
+    cfg = load_config(DEMO)
+    sft_steps, grpo_steps = cfg.sft.steps, cfg.max_steps
+    if args.quick:
+        sft_steps, grpo_steps = max(1, sft_steps // 3), max(1, grpo_steps // 3)
+    sft_steps, grpo_steps = args.sft_steps or sft_steps, args.grpo_steps or grpo_steps
+    out = args.out.resolve()
+    start = time.time()
+
+    # The demo's assets (world, base model) once, before the parallel runs.
+    run([sys.executable, "-c", "import train; from grpo.config import load_config; "
+         f"train.prepare_assets(load_config({str(DEMO)!r}), True)"], out / "assets.log")  # fmt: skip
+
+    def sft_then_rows(seed: int) -> list[tuple[str, Path, Path, bool]]:
+        seed_dir = out / f"seed-{seed}"
+        sft_dir = seed_dir / "sft"
+        sft_lr = cfg.sft.lr or cfg.optim.lr
+        train(sft_dir, [f"seed={seed}", "mode=sft", f"max_steps={sft_steps}", f"optim.lr={sft_lr}"])
+        return [
+            ("base", sft_dir, seed_dir / "eval-base", True),
+            ("SFT", sft_dir, seed_dir / "eval-sft", False),
+        ]
+
+    def grpo_row(seed: int, name: str, weights: dict) -> tuple[str, Path, Path, bool]:
+        seed_dir = out / f"seed-{seed}"
+        run_dir = seed_dir / slug(name)
+        adapter = seed_dir / "sft" / "final_adapter"
+        weights_text = "{" + ", ".join(f"{k}: {v}" for k, v in weights.items()) + "}"
+        train(run_dir, [f"seed={seed}", f"max_steps={grpo_steps}", f"model.init_adapter={adapter}",
+                        f"reward.weights={weights_text}"])  # fmt: skip
+        return (name, run_dir, seed_dir / f"eval-{slug(name)}", False)
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        evals = [e for seed_evals in pool.map(sft_then_rows, args.seeds) for e in seed_evals]
+        tasks = [(seed, name, weights) for seed in args.seeds for name, weights in GRPO_ROWS]
+        evals += list(pool.map(lambda t: grpo_row(*t), tasks))
+        # The base model does not depend on the seed: evaluate it once.
+        evals = [e for e in evals if e[0] != "base" or e[1] == out / f"seed-{args.seeds[0]}" / "sft"]
+        scores = list(pool.map(lambda e: (e[0], e[2], evaluate(e[1], e[2], e[3])), evals))
+
+    rows = ["base", "SFT", *(name for name, _ in GRPO_ROWS)]
+    table = summarise(rows, scores)
+    elapsed = time.time() - start
+    report = format_table(table, args, sft_steps, grpo_steps, elapsed)
+    print(report)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table2.md").write_text(report + "\n", encoding="utf-8")
+    runs = [{"row": name, "eval_dir": str(path), **score} for name, path, score in scores]
+    (out / "table2.json").write_text(json.dumps({"summary": table, "runs": runs, "seeds": args.seeds,
+                                                 "sft_steps": sft_steps, "grpo_steps": grpo_steps,
+                                                 "quick": args.quick, "wall_s": elapsed}, indent=2) + "\n")  # fmt: skip
+    plot(table, out / "table2.png")
+
+
+def summarise(rows: list[str], scores: list[tuple[str, Path, dict]]) -> dict[str, dict]:
+    table = {}
+    for row in rows:
+        values = [s for name, _, s in scores if name == row]
+        table[row] = {"n": len(values)}
+        for key in ("micro_f1", "macro_f1"):
+            figures = np.array([v[key] for v in values]) * 100
+            table[row][key] = {"mean": float(figures.mean()), "std": float(figures.std(ddof=1)) if len(figures) > 1
+                               else 0.0, "values": [float(f) for f in figures]}  # fmt: skip
+    return table
+
+
+def ordering_holds(table: dict, order=PAPER_ORDER, key: str = "micro_f1") -> list[str]:
+    """For each adjacent pair of the paper's ordering, whether it holds, is reversed, or is within spread."""
+    verdicts = []
+    for better, worse in zip(order[:-1], order[1:]):
+        a, b = table[better][key], table[worse][key]
+        gap, spread = a["mean"] - b["mean"], a["std"] + b["std"]
+        verdict = "holds" if gap > spread else "reversed" if gap < -spread else "within the seeds' spread"
+        verdicts.append(f"{better} > {worse}: {gap:+.2f} points (spread {spread:.2f}): {verdict}")
+    return verdicts
+
+
+def format_table(table: dict, args, sft_steps: int, grpo_steps: int, elapsed: float) -> str:
+    lines = [
+        f"Table II, synthetic world: greedy reports on the test split scored against the true labels "
+        f"(14 observations, uncertain as negative); mean ± std over seeds {args.seeds}; "
+        f"SFT {sft_steps} steps, GRPO {grpo_steps} steps{' (--quick)' if args.quick else ''}.",
+        "",
+        "| Method | CE micro-F1 (%) | CE macro-F1 (%) | runs |",
+        "|---|---|---|---|",
+    ]
+    for row, figures in table.items():
+        label = row if row in ("base", "SFT") else f"SFT + GRPO, {row}"
+        micro, macro = figures["micro_f1"], figures["macro_f1"]
+        lines.append(f"| {label} | {micro['mean']:.2f} ± {micro['std']:.2f} | {macro['mean']:.2f} ± "
+                     f"{macro['std']:.2f} | {figures['n']} |")  # fmt: skip
+    sft = table["SFT"]["micro_f1"]
+    best = table["MCCS + format"]["micro_f1"]
+    lines += ["", f"MCCS + format - SFT: {best['mean'] - sft['mean']:+.2f} points of micro-F1 "
+              f"(2 x seed std of MCCS + format: {2 * best['std']:.2f})."]  # fmt: skip
+    lines.append("GRPO rows at least SFT's mean: " + ", ".join(
+        f"{row} {'yes' if table[row]['micro_f1']['mean'] >= sft['mean'] else 'NO'}" for row, _ in GRPO_ROWS))  # fmt: skip
+    lines += ["", "The paper's ordering (MCCS + format > MCCS > CE-F1 > NLG > SFT), micro-F1:"]
+    lines += [f"- {v}" for v in ordering_holds(table)]
+    lines.append(f"\nwall time {elapsed / 60:.1f} min")
+    return "\n".join(lines)
+
+
+def plot(table: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no PNG (pip install -e '.[plots]')")
+        return
+    rows = list(table)
+    fig, ax = plt.subplots(figsize=(9, 4))
+    x = np.arange(len(rows))
+    for offset, key, label in ((-0.2, "micro_f1", "micro-F1"), (0.2, "macro_f1", "macro-F1")):
+        means = [table[r][key]["mean"] for r in rows]
+        stds = [table[r][key]["std"] for r in rows]
+        ax.bar(x + offset, means, 0.4, yerr=stds, capsize=3, label=label)
+    ax.set_xticks(x, rows, rotation=20, ha="right")
+    ax.set_ylabel("CE F1 vs true labels (%)")
+    ax.set_title("Table II in the synthetic world (mean ± std over seeds)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
