@@ -193,3 +193,16 @@ def append_completion(
         text_types = torch.zeros_like(completion_ids, dtype=batch["mm_token_type_ids"].dtype)
         out["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], text_types], dim=1)
     return out
+
+
+def tokenize_targets(tokenizer, texts: Sequence[str], stop_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded target ids for teacher forcing, each closed by ``stop_id`` (the end-of-turn token the
+    model must learn to stop on), and their mask."""
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] + [stop_id] for t in texts]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = True
+    return ids, mask

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from data.batching import append_completion
+from data.batching import append_completion, tokenize_targets
 from grpo.trainer import Trainer
 
 
@@ -47,14 +47,7 @@ class SFTTrainer(Trainer):
         return sums
 
     def _tokenize_targets(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded target ids, each ending with the end-of-turn token the policy must learn to stop on."""
-        rows = [self.tokenizer(t, add_special_tokens=False)["input_ids"] + [self.stop_ids[0]] for t in texts]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.bool)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = True
+        ids, mask = tokenize_targets(self.tokenizer, texts, self.stop_ids[0])
         return ids.to(self.dist.device), mask.to(self.dist.device)
 
 

@@ -74,18 +74,6 @@ class BaseRecipe:
     seed: int = 0
 
 
-def _target_ids(tokenizer, reports: list[str], stop_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded report ids, each closed by the end-of-turn token, and their mask."""
-    rows = [tokenizer(r, add_special_tokens=False)["input_ids"] + [stop_id] for r in reports]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = True
-    return ids, mask
-
-
 class FindingProbe(torch.nn.Module):
     """An auxiliary head used only during pretraining: it scores each of the 13 findings on every visual
     token and pools a study's tokens with a max (a finding is present if it shows anywhere).
@@ -181,7 +169,7 @@ def pretrain(model, processor, samples, probe, recipe: BaseRecipe, log_every: in
     kept on so the visual features stay sharp. Returns the report cross-entropy of every step."""
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-    from data.batching import append_completion, collate_prompts, load_images
+    from data.batching import append_completion, collate_prompts, load_images, tokenize_targets
     from data.prompts import PromptConfig
 
     tokenizer = processor.tokenizer
@@ -201,7 +189,7 @@ def pretrain(model, processor, samples, probe, recipe: BaseRecipe, log_every: in
         prompts = collate_prompts(
             processor, batch_samples, PromptConfig(), images=[images[i] for i in picked]
         )
-        ids, mask = _target_ids(tokenizer, [s.report for s in batch_samples], stop_id)
+        ids, mask = tokenize_targets(tokenizer, [s.report for s in batch_samples], stop_id)
         inputs = append_completion(prompts, ids, mask)
         labels = torch.full_like(inputs["input_ids"], -100)
         labels[:, prompts["input_ids"].shape[1] :] = ids.masked_fill(~mask, -100)

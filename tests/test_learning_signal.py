@@ -80,3 +80,21 @@ def test_short_grpo_run_on_the_pretrained_base_raises_greedy_label_agreement(tmp
     assert after >= before + 0.02, (
         f"greedy label agreement on the trained studies: {before:.3f} -> {after:.3f}"
     )
+
+
+def test_build_base_model_writes_a_checkpoint_that_loads_and_records_its_recipe(tmp_path):
+    import json
+    from dataclasses import replace
+
+    from model.base import build_base_model
+    from model.loading import load_model_and_processor
+    from model.tiny import TinySizes
+
+    recipe = replace(BaseRecipe(), world_studies=12, image_size=56, sizes=TinySizes(), vocab_size=400,
+                     vision_steps=2, steps=2, batch_size=4, warmup_steps=1)  # fmt: skip
+    out = build_base_model(tmp_path / "base", recipe)
+    recorded = json.loads((out / "base_recipe.json").read_text())
+    assert recorded["steps"] == 2 and recorded["world_studies"] == 12 and recorded["image_size"] == 56
+    assert not (tmp_path / "base.tmp").exists()  # written to a temporary folder, then renamed
+    model, processor = load_model_and_processor(out, device="cpu")
+    assert processor.tokenizer.convert_tokens_to_ids("<report>") != processor.tokenizer.unk_token_id
