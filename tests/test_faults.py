@@ -459,12 +459,19 @@ def test_ddp_rank_sigterm_both_ranks_checkpoint_and_torchrun_restart_resumes_ide
     straight = torchrun("ddp_worker.py", tmp_path / "straight.json", tmp_path / "straight", 0)
     assert straight.returncode == 0, straight.stderr[-3000:]
     marker = tmp_path / "sigterm-sent"
-    result = torchrun("preempt_worker.py", marker, tmp_path / "run", 1)
+    # On a heavily loaded machine the restarted gloo group can fail to connect ("connectFullMesh ...
+    # Connection refused"), a flake of the transport, not of the code under test: one more try, from scratch.
+    for attempt in range(2):
+        marker.unlink(missing_ok=True)
+        run_dir = tmp_path / f"run-{attempt}"
+        result = torchrun("preempt_worker.py", marker, run_dir, 1)
+        if result.returncode == 0 or "connectFullMesh" not in result.stderr:
+            break
     assert result.returncode == 0, result.stderr[-3000:]
     assert marker.exists(), "the signal was never sent: the test would pass trivially"
     # rank 0 prints the same line, unless torchrun ends it first
     assert "rank 1: stopped by SIGTERM after step 2" in result.stderr
-    a, b = metrics(tmp_path / "straight"), metrics(tmp_path / "run")
+    a, b = metrics(tmp_path / "straight"), metrics(run_dir)
     assert [r["step"] for r in b] == [1, 2, 3]
     for row_a, row_b in zip(a, b):
         for key in row_a:
