@@ -73,7 +73,7 @@ def evaluate(run_dir: Path, eval_dir: Path, no_adapter: bool = False) -> dict:
     metrics_file = eval_dir / "metrics.json"
     if not metrics_file.is_file():
         cmd = [sys.executable, "evaluate.py", "--run", str(run_dir), "--split", "test", "--out", str(eval_dir),
-               "--no-nlg", "--no-plots"]  # fmt: skip
+               "--no-nlg", "--no-plots", "--gen-batch-size", "40"]  # fmt: skip
         if no_adapter:
             cmd.append("--no-adapter")
         run(cmd, eval_dir.with_suffix(".eval.log"))
