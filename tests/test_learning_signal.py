@@ -98,3 +98,17 @@ def test_build_base_model_writes_a_checkpoint_that_loads_and_records_its_recipe(
     assert not (tmp_path / "base.tmp").exists()  # written to a temporary folder, then renamed
     model, processor = load_model_and_processor(out, device="cpu")
     assert processor.tokenizer.convert_tokens_to_ids("<report>") != processor.tokenizer.unk_token_id
+
+
+def test_stated_rates_split_the_reports_by_whether_the_study_has_the_finding():
+    import sys
+
+    if str(ROOT) not in sys.path:  # bench/ is not an installed package
+        sys.path.insert(0, str(ROOT))
+    from bench.sample_signal import stated_rates
+
+    present = np.array([[True, False], [True, False], [False, False], [False, False]])
+    stated = np.array([[True, True], [False, False], [True, False], [False, False]])
+    said_present, said_absent = stated_rates(stated, present)
+    assert said_present[0] == 0.5 and said_absent[0] == 0.5  # stated as often either way: no signal
+    assert np.isnan(said_present[1]) and said_absent[1] == 0.25  # no study has it
