@@ -55,7 +55,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gen-batch-size", type=int, default=40)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
 
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -63,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
             torch.manual_seed(args.seed + round_)
             decoding = Decoding(do_sample=True, temperature=args.temperature, batch_size=args.gen_batch_size)
             rows += generate_split(args.run, args.split, Path(scratch) / f"round-{round_}",
-                                   no_adapter=args.no_adapter, decoding=decoding, device="cpu")  # fmt: skip
+                                   no_adapter=args.no_adapter, decoding=decoding)  # fmt: skip
     if any(row["labels"] is None for row in rows):
         sys.exit(f"{args.run}: the {args.split} split has no true labels (only the synthetic world has them)")
     stated = RuleLabeler().label([extract_report(row["generated"]) for row in rows]) == POSITIVE
