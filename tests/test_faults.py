@@ -445,7 +445,10 @@ def test_ddp_rank_sigterm_both_ranks_checkpoint_and_torchrun_restart_resumes_ide
     from data.synthetic import generate_world
 
     world = generate_world(tmp_path / "world", n=8, seed=1, image_size=56)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # A restarted worker group must not read the previous group's addresses from torchrun's shared
+    # rendezvous store (pytorch/pytorch#135712: "connectFullMesh ... Connection refused" on restart).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}  # fmt: skip
     root = Path(__file__).resolve().parent.parent
 
     def torchrun(script, first, out, restarts):
