@@ -462,8 +462,9 @@ def test_ddp_rank_sigterm_both_ranks_checkpoint_and_torchrun_restart_resumes_ide
     straight = torchrun("ddp_worker.py", tmp_path / "straight.json", tmp_path / "straight", 0)
     assert straight.returncode == 0, straight.stderr[-3000:]
     marker = tmp_path / "sigterm-sent"
-    # On a heavily loaded machine the restarted gloo group can fail to connect ("connectFullMesh ...
-    # Connection refused"), a flake of the transport, not of the code under test: one more try, from scratch.
+    # Should the restarted gloo group still fail to connect ("connectFullMesh ... Connection refused", the
+    # symptom the variable above removes), that is torchrun's transport, not the code under test: one more
+    # try, from scratch.
     for attempt in range(2):
         marker.unlink(missing_ok=True)
         run_dir = tmp_path / f"run-{attempt}"
