@@ -76,7 +76,7 @@ def generate_split(
     from grpo.config import load_config
     from model.engine import SamplingParams, make_engine
     from model.generation import split_completions, stop_token_ids
-    from model.loading import load_model_and_processor, vision_token_ids
+    from model.loading import lm_head_weight, load_model_and_processor, suppressed_token_ids
     from model.lora import load_adapter
 
     decoding = decoding or Decoding()
@@ -118,7 +118,9 @@ def generate_split(
         params = SamplingParams(
             max_new_tokens=decoding.max_new_tokens or cfg.sampling.max_new_tokens,
             stop_ids=tuple(stop_token_ids(model, tokenizer)), pad_id=tokenizer.pad_token_id,
-            suppress_ids=tuple(vision_token_ids(processor)), do_sample=decoding.do_sample,
+            suppress_ids=tuple(suppressed_token_ids(processor, lm_head_weight(model).shape[0],
+                                                    cfg.sampling.ascii_only)),  # the tokens training never drew
+            do_sample=decoding.do_sample,
             temperature=decoding.temperature, top_p=decoding.top_p,
         )  # fmt: skip
         with open(part_file, "a") as sink, torch.no_grad():

@@ -93,6 +93,9 @@ class SamplingConfig:
     max_new_tokens: int = 256
     min_new_tokens: int = 0  # > 0 suppresses EOS before that many tokens (benchmarks force a fixed length)
     mask_truncated: bool = False  # drop completions that hit max_new_tokens without EOS from the loss
+    # never sample tokens whose text is not ASCII (byte pieces that alone decode to U+FFFD, other scripts,
+    # the output rows past the tokenizer): for English-only data, where the policy never learnt them
+    ascii_only: bool = False
     # rollout engine (model/engine): static (ours: prefill once, static KV cache, merged LoRA) | hf (generate);
     # both sample the same distribution, hf is the reference and the fallback
     engine: str = "static"

@@ -49,7 +49,7 @@ from model.loading import (
     language_hidden_states,
     lm_head_weight,
     load_model_and_processor,
-    vision_token_ids,
+    suppressed_token_ids,
 )
 from model.lora import (
     POLICY,
@@ -124,8 +124,8 @@ class Trainer:
             set_lora_dropout(self.model, 0.0)
         self.tokenizer = self.processor.tokenizer
         self.stop_ids = stop_token_ids(self.model, self.tokenizer)
-        self.suppress_ids = vision_token_ids(self.processor)
         s = cfg.sampling
+        self.suppress_ids = suppressed_token_ids(self.processor, lm_head_weight(self.model).shape[0], s.ascii_only)
         self.engine = make_engine(s.engine, compile_decode=s.compile_decode, merge_lora=s.merge_lora)
         self.sampling_params = SamplingParams(
             max_new_tokens=s.max_new_tokens, stop_ids=tuple(self.stop_ids), pad_id=self.tokenizer.pad_token_id,

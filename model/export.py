@@ -6,8 +6,9 @@
 
 The folder holds the LoRA-merged weights (safetensors), config.json, the processor (tokenizer, image
 processor with the run's min/max_pixels, chat template) and a generation_config.json with the run's
-sampling defaults (temperature, top_p, max_new_tokens, the stop ids, the vision tokens suppressed). It loads
-with ``Qwen2_5_VLForConditionalGeneration.from_pretrained(DIR)`` and, where torchvision is installed,
+sampling defaults (temperature, top_p, max_new_tokens, the stop ids, the suppressed tokens: the vision ones
+and, with ``sampling.ascii_only``, the non-ASCII ones). It loads with
+``Qwen2_5_VLForConditionalGeneration.from_pretrained(DIR)`` and, where torchvision is installed,
 ``AutoProcessor.from_pretrained(DIR)``; servers that read a model folder (vLLM, TGI) take it as it is.
 
 Like train.py and evaluate.py this is an entry point: it reads a run folder (grpo.config) besides model/.
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from transformers import GenerationConfig
 
-from model.loading import load_model_and_processor, vision_token_ids
+from model.loading import lm_head_weight, load_model_and_processor, suppressed_token_ids
 from model.lora import load_adapter, merge_and_save
 
 log = logging.getLogger("export")
@@ -42,7 +43,7 @@ def sampling_generation_config(model, tokenizer, sampling) -> GenerationConfig:
         do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
         max_new_tokens=sampling.max_new_tokens, eos_token_id=stop_token_ids(model, tokenizer),
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        suppress_tokens=vision_token_ids(tokenizer),
+        suppress_tokens=suppressed_token_ids(tokenizer, lm_head_weight(model).shape[0], sampling.ascii_only),
     )  # fmt: skip
 
 

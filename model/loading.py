@@ -1,5 +1,5 @@
 """Load a Qwen2.5-VL checkpoint (real or tiny) with its processor, and the model-side pieces the GRPO loop
-needs: vision-token ids to suppress when sampling, final hidden states + output head for memory-lean
+needs: the token ids to suppress when sampling (vision tokens; optionally all non-ASCII ones), final hidden states + output head for memory-lean
 completion log-probs, and encode-once image features.
 
 What was checked in transformers 5.24 (tests/test_tiny_model.py holds each fact as a test):
@@ -191,6 +191,25 @@ def vision_token_ids(processor_or_tokenizer) -> list[int]:
     tokenizer = getattr(processor_or_tokenizer, "tokenizer", processor_or_tokenizer)
     vocab = tokenizer.get_vocab()
     return sorted(vocab[token] for token in VISION_SPECIAL_TOKENS if token in vocab)
+
+
+def non_ascii_token_ids(processor_or_tokenizer, vocab_size: int) -> list[int]:
+    """Ids that cannot be part of an ASCII report: tokens whose text is not ASCII (a byte-level piece of a
+    multi-byte character decodes alone to U+FFFD) and the output rows past the tokenizer's vocabulary
+    (padding rows, which no text ever trained). ``vocab_size``: the model's number of output rows."""
+    tokenizer = getattr(processor_or_tokenizer, "tokenizer", processor_or_tokenizer)
+    known = len(tokenizer)
+    texts = tokenizer.batch_decode([[i] for i in range(known)])
+    return [i for i, text in enumerate(texts) if not text.isascii()] + list(range(known, vocab_size))
+
+
+def suppressed_token_ids(processor_or_tokenizer, vocab_size: int, ascii_only: bool = False) -> list[int]:
+    """What sampling never draws: the vision tokens, and with ``ascii_only`` (config ``sampling.ascii_only``)
+    every token of ``non_ascii_token_ids`` too."""
+    ids = set(vision_token_ids(processor_or_tokenizer))
+    if ascii_only:
+        ids.update(non_ascii_token_ids(processor_or_tokenizer, vocab_size))
+    return sorted(ids)
 
 
 def unwrap_model(model: nn.Module) -> Qwen2_5_VLForConditionalGeneration:

@@ -115,3 +115,14 @@ def test_auto_processor_loads_the_export(trained_run, tmp_path):
     out = tmp_path / "export"
     assert main(["--run", str(trained_run), "--out", str(out)]) == 0
     assert type(AutoProcessor.from_pretrained(out)).__name__ == "Qwen2_5_VLProcessor"
+
+
+def test_generation_config_suppresses_the_non_ascii_tokens_when_the_run_did(tiny_model, tiny_processor):
+    from grpo.config import SamplingConfig
+    from model.export import sampling_generation_config
+    from model.loading import lm_head_weight, non_ascii_token_ids
+
+    tokenizer = tiny_processor.tokenizer
+    generation = sampling_generation_config(tiny_model, tokenizer, SamplingConfig(ascii_only=True))
+    non_ascii = non_ascii_token_ids(tokenizer, lm_head_weight(tiny_model).shape[0])
+    assert set(generation.suppress_tokens) == set(vision_token_ids(tokenizer)) | set(non_ascii)

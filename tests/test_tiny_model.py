@@ -16,8 +16,10 @@ from model.loading import (
     language_hidden_states,
     lm_head_weight,
     load_model_and_processor,
+    non_ascii_token_ids,
     resolve_attn_implementation,
     resolve_dtype,
+    suppressed_token_ids,
     vision_token_ids,
 )
 from model.processor import ImageOnlyQwen2_5_VLProcessor, load_processor
@@ -274,3 +276,24 @@ def test_cli_builds_from_an_r2gen_annotation_and_read_texts_rejects_bad_files(tm
     (tmp_path / "bad.json").write_text(json.dumps({"train": "oops"}))
     with pytest.raises(ValueError, match="bad.json.*'train'"):
         read_texts(tmp_path / "bad.json")
+
+
+def test_non_ascii_token_ids_are_the_tokens_whose_text_is_not_ascii_and_the_padding_rows(tiny_processor):
+    tokenizer = tiny_processor.tokenizer
+    known = len(tokenizer)
+    ids = non_ascii_token_ids(tiny_processor, vocab_size=known + 3)
+    assert ids[-3:] == [known, known + 1, known + 2]  # output rows no token maps to
+    flagged = set(ids[:-3])
+    texts = tokenizer.batch_decode([[i] for i in range(known)])
+    assert flagged == {i for i, text in enumerate(texts) if not text.isascii()}
+    # the two bytes of "é" are byte-level tokens that decode alone to U+FFFD: what a sampled report showed
+    e_acute = tokenizer.encode("é", add_special_tokens=False)
+    assert e_acute and set(e_acute) <= flagged and "\ufffd" in tokenizer.decode(e_acute[:1])
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") not in flagged  # the stop token stays drawable
+
+
+def test_suppressed_token_ids_add_the_non_ascii_ones_only_when_asked(tiny_processor):
+    vocab = len(tiny_processor.tokenizer) + 2
+    assert suppressed_token_ids(tiny_processor, vocab) == vision_token_ids(tiny_processor)
+    both = suppressed_token_ids(tiny_processor, vocab, ascii_only=True)
+    assert both == sorted(set(vision_token_ids(tiny_processor)) | set(non_ascii_token_ids(tiny_processor, vocab)))

@@ -103,6 +103,21 @@ def test_a_run_folder_holds_config_metrics_samples_checkpoints_and_final_adapter
     assert (final / "adapter_model.safetensors").is_file()
 
 
+def test_ascii_only_keeps_every_sampled_completion_ascii(tiny_model_dir, world, tmp_path):
+    """sampling.ascii_only: the untrained tiny model samples non-ASCII byte tokens freely (so the check can
+    fail: the run without the option must show one), the run with it never does."""
+
+    def sampled_texts(out, *overrides):
+        trainer = Trainer(make_cfg(tiny_model_dir, world, out, "max_steps=2", "sample_every=1",
+                                   "sampling.max_new_tokens=16", *overrides), reward_fn=letter_e_reward)  # fmt: skip
+        trainer.train()
+        trainer.close()
+        return [json.loads(line)["completion"] for line in (out / "samples.jsonl").read_text().splitlines()]
+
+    assert not all(text.isascii() for text in sampled_texts(tmp_path / "plain"))
+    assert all(text.isascii() for text in sampled_texts(tmp_path / "ascii", "sampling.ascii_only=true"))
+
+
 def test_sft_lowers_the_cross_entropy_of_the_reference_reports(tiny_model_dir, world, tmp_path):
     cfg = make_cfg(tiny_model_dir, world, tmp_path, "mode=sft", "max_steps=12", "optim.lr=0.01")
     trainer = SFTTrainer(cfg)

@@ -1,10 +1,10 @@
 """Next-token choice from logits: the processing that defines the policy's sampling distribution, then a draw.
 
-The distribution is the one HF ``generate`` samples from with our settings, step by step:
-suppressed tokens (vision markers) and, before ``min_new_tokens``, the stop tokens get -inf; the logits are
-divided by the temperature; top-p keeps the smallest set of most likely tokens whose mass exceeds ``top_p``
-(the same rule as HF's ``TopPLogitsWarper``: sort ascending, drop tokens whose cumulative mass is
-``<= 1 - top_p``, always keep the most likely one).
+The distribution is the one HF ``generate`` samples from with our settings, step by step: suppressed tokens
+(vision markers; with ``sampling.ascii_only`` the non-ASCII ones) and, before ``min_new_tokens``, the stop
+tokens get -inf; the logits are divided by the temperature; top-p keeps the smallest set of most likely
+tokens whose mass exceeds ``top_p`` (the same rule as HF's ``TopPLogitsWarper``: sort ascending, drop tokens
+whose cumulative mass is ``<= 1 - top_p``, always keep the most likely one).
 
 The draw is inverse-CDF sampling: one uniform number per row, located in the cumulative probabilities with a
 binary search. It samples exactly ``softmax`` of the processed logits, like ``torch.multinomial``, but costs
