@@ -118,6 +118,10 @@ class GRPOConfig:
     # tokens per chunk of the output projection in the log-prob pass; None: 2**24 / vocab (a 64 MB fp32
     # chunk of logits, ~110 tokens at Qwen's 151,936), as small as it gets before time suffers
     logprob_chunk: int | None = None
+    # log-prob passes run each prompt once and its G completions on a G-fold repeat of its KV cache (same
+    # values and gradients, P*(G-1) fewer positions per prompt); false, or gradient checkpointing (which
+    # turns the cache off): every row runs prompt + completion
+    prompt_once: bool = True
 
 
 @dataclass
@@ -469,7 +473,7 @@ def validate(cfg: TrainConfig) -> None:
 # Keys that change how a run is logged, saved or executed, never what it computes: free on resume.
 HARMLESS_KEYS = (
     "output_dir", "device", "cpu_threads", "log_every", "sample_every", "save_every", "keep_last",
-    "model.gradient_checkpointing", "grpo.logprob_chunk", "data.verify_images", "log",
+    "model.gradient_checkpointing", "grpo.logprob_chunk", "grpo.prompt_once", "data.verify_images", "log",
 )  # fmt: skip
 
 

@@ -45,6 +45,7 @@ from model.engine import SamplingParams, make_engine
 from model.generation import Completions, split_completions, stop_token_ids
 from model.loading import (
     ImageFeatures,
+    completion_hidden_states,
     encode_images,
     language_hidden_states,
     lm_head_weight,
@@ -72,8 +73,10 @@ class Rollout:
     """One micro-batch of sampled completions, filled in by the rollout's steps, and what the loss needs."""
 
     samples: list[Sample]
+    prompts: dict[str, torch.Tensor]  # the B prompts (no pixels: see `prompt_images`)
+    prompt_images: ImageFeatures | None  # the B prompts' images, encoded once
     inputs: dict[str, torch.Tensor]  # prompt + completion, B*G rows (no pixels: see `images`)
-    images: ImageFeatures | None  # encoded once, repeated per row
+    images: ImageFeatures | None  # prompt_images repeated per row
     prompt_len: int
     completion_ids: torch.Tensor  # (B*G, T)
     completion_mask: torch.Tensor  # (B*G, T) bool, EOS included
@@ -144,6 +147,9 @@ class Trainer:
         self.params = trainable_parameters(self.model)
         vocab = lm_head_weight(self.model).shape[0]
         self.logprob_chunk = cfg.grpo.logprob_chunk or max(16, 2**24 // vocab)
+        self.prompt_once = cfg.grpo.prompt_once and not cfg.model.gradient_checkpointing
+        log.info("log-prob passes: %s", "each prompt once, its completions on its KV cache (grpo.prompt_once)"
+                 if self.prompt_once else "prompt + completion on every row")  # fmt: skip
         self.batches = ShardedBatches(
             len(self.samples), cfg.batch.prompts_per_device, self.dist.rank, self.dist.world_size, cfg.seed
         )
@@ -231,9 +237,18 @@ class Trainer:
         )  # fmt: skip
 
     def _rollout_logprobs(self, model, ro: Rollout) -> torch.Tensor:
-        return self.completion_logprobs(
-            model, ro.inputs, ro.images, ro.prompt_len, ro.completion_ids, ro.completion_mask,
-            self.cfg.sampling.temperature,
+        """The completions' per-token log-probs under ``model``: each prompt once (``grpo.prompt_once``) or
+        every row's prompt + completion."""
+        if not self.prompt_once:
+            return self.completion_logprobs(
+                model, ro.inputs, ro.images, ro.prompt_len, ro.completion_ids, ro.completion_mask,
+                self.cfg.sampling.temperature,
+            )  # fmt: skip
+        hidden = completion_hidden_states(model, ro.prompts, ro.prompt_images, ro.completion_ids,
+                                          ro.completion_mask, self.cfg.sampling.group_size)  # fmt: skip
+        return token_logprobs_from_hidden(
+            hidden, lm_head_weight(self.model), ro.completion_ids, temperature=self.cfg.sampling.temperature,
+            chunk_size=self.logprob_chunk, mask=ro.completion_mask,
         )  # fmt: skip
 
     # ------------------------------------------------------------------------------------ the prompts
@@ -306,6 +321,8 @@ class Trainer:
         loss_mask = out.mask & ~out.truncated[:, None] if self.cfg.sampling.mask_truncated else out.mask
         return Rollout(
             samples=samples,
+            prompts=prompts,
+            prompt_images=images,
             inputs=append_completion(repeat_for_group(prompts, G), out.ids, out.mask),
             images=images.repeat_per_prompt(counts, G) if images is not None else None,
             prompt_len=prompts["input_ids"].shape[1],

@@ -253,6 +253,49 @@ def language_hidden_states(model: nn.Module, **inputs) -> torch.Tensor:
     return captured[0]
 
 
+def completion_hidden_states(
+    model: nn.Module, prompts: dict, images: ImageFeatures | None, completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor, group_size: int,
+) -> torch.Tensor:  # fmt: skip
+    """Final-norm hidden states at the positions that predict each completion token, shape (B*G, T, hidden),
+    running each of the B prompts once instead of once per completion.
+
+    The prompt pass (B rows, with its images) fills a KV cache; its rows are repeated G times (row i*G + j is
+    prompt i, as in `data.batching.repeat_for_group`) and the B*G completions run on it with their 3-D RoPE
+    positions continuing the prompt's. The repeat is differentiable, so the G completions' gradients add up
+    in the prompt's activations: the same values and gradients as `language_hidden_states` over prompt +
+    completion rows (tests/test_trainer_glue.py), with the prompt's P positions computed once, not G times.
+    Under DDP the prompt pass runs on the wrapped module (the wrapper's forward runs once per backward, for
+    the completion pass); its parameters are the same, so their gradients join the same reduction.
+    """
+    G = group_size
+    prompt_model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    text = unwrap_model(model).model.language_model
+    captured: list[torch.Tensor] = []
+    positions: list[torch.Tensor] = []
+    norm_hook = text.norm.register_forward_hook(lambda _module, _args, output: captured.append(output))
+    rope_hook = text.rotary_emb.register_forward_pre_hook(lambda _module, args: positions.append(args[1]))
+    try:
+        extra = images.model_kwargs() if images is not None else {}
+        out = prompt_model(**prompts, **extra, use_cache=True, logits_to_keep=1)
+        cache = out.cache
+        cache.batch_repeat_interleave(G)
+        # left padding: each row's last column is a real token; the completion continues from its position
+        prompt_positions = positions[0].expand(3, -1, -1)[:, :, -1:] + 1  # (3, B, 1)
+        steps = torch.arange(completion_ids.shape[1], device=completion_ids.device)
+        attention_mask = torch.cat([prompts["attention_mask"].repeat_interleave(G, dim=0),
+                                    completion_mask.to(prompts["attention_mask"].dtype)], dim=1)  # fmt: skip
+        model(input_ids=completion_ids, attention_mask=attention_mask, cache=cache, use_cache=True,
+              position_ids=(prompt_positions + steps).repeat_interleave(G, dim=1), logits_to_keep=1)  # fmt: skip
+    finally:
+        norm_hook.remove()
+        rope_hook.remove()
+    if len(captured) != 2:
+        raise RuntimeError(f"expected the final norm to run twice, it ran {len(captured)} times")
+    last_prompt = captured[0][:, -1:].repeat_interleave(G, dim=0)  # predicts the first completion token
+    return torch.cat([last_prompt, captured[1][:, :-1]], dim=1)
+
+
 @dataclass
 class ImageFeatures:
     """Vision-tower outputs (merged into the text width), one `(tokens_i, hidden)` tensor per image, in the
