@@ -51,6 +51,7 @@ from model.loading import (
     lm_head_weight,
     load_model_and_processor,
     suppressed_token_ids,
+    unwrap_model,
 )
 from model.lora import (
     POLICY,
@@ -147,7 +148,8 @@ class Trainer:
         self.params = trainable_parameters(self.model)
         vocab = lm_head_weight(self.model).shape[0]
         self.logprob_chunk = cfg.grpo.logprob_chunk or max(16, 2**24 // vocab)
-        self.prompt_once = cfg.grpo.prompt_once and not cfg.model.gradient_checkpointing
+        # transformers turns the cache off under gradient checkpointing (the config's, or a given policy's)
+        self.prompt_once = cfg.grpo.prompt_once and not unwrap_model(self.model).is_activation_checkpointing
         log.info("log-prob passes: %s", "each prompt once, its completions on its KV cache (grpo.prompt_once)"
                  if self.prompt_once else "prompt + completion on every row")  # fmt: skip
         self.batches = ShardedBatches(

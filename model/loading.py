@@ -279,6 +279,9 @@ def completion_hidden_states(
         extra = images.model_kwargs() if images is not None else {}
         out = prompt_model(**prompts, **extra, use_cache=True, logits_to_keep=1)
         cache = out.cache
+        if cache is None:
+            raise RuntimeError("the prompt pass returned no KV cache (gradient checkpointing turns it off in "
+                               "training mode): use full rows (grpo.prompt_once=false)")  # fmt: skip
         cache.batch_repeat_interleave(G)
         # left padding: each row's last column is a real token; the completion continues from its position
         prompt_positions = positions[0].expand(3, -1, -1)[:, :, -1:] + 1  # (3, B, 1)

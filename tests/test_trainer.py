@@ -189,6 +189,7 @@ def test_grpo_passes_run_without_lora_dropout_and_with_gradient_checkpointing(
     cfg = make_cfg(tiny_model_dir, world, tmp_path, "max_steps=4", "save_every=2", "grpo.num_iterations=2",
                    "model.lora.dropout=0.05", "model.gradient_checkpointing=true", "grpo.beta=0.04")  # fmt: skip
     trainer = Trainer(cfg, reward_fn=letter_e_reward)
+    assert not trainer.prompt_once  # checkpointing turns the KV cache off: the passes run full rows
     # a pre-hook inside the checkpointed forward: the recomputation may stop early, after the last saved tensor
     attention = unwrap_model(trainer.model).model.language_model.layers[0].self_attn
     layer_calls = []
