@@ -7,7 +7,7 @@ differs from the others only in ``reward.weights``. Each model writes greedy rep
 split (one per study), which are scored against the studies' TRUE labels (so a labeler error cannot look
 like a model error): CE micro- and macro-F1 over the 14 observations, uncertain as negative.
 
-    python bench/table2.py                    # 3 seeds, the demo's step counts (about an hour on 2 cores)
+    python bench/table2.py                    # 3 seeds, the demo's step counts (52 minutes on 2 cores)
     python bench/table2.py --quick            # 3 seeds, a third of the steps: a rough table
     python bench/table2.py --jobs 1           # one run at a time (default 2: each run uses one thread)
 
