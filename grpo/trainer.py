@@ -76,8 +76,8 @@ class Rollout:
     samples: list[Sample]
     prompts: dict[str, torch.Tensor]  # the B prompts (no pixels: see `prompt_images`)
     prompt_images: ImageFeatures | None  # the B prompts' images, encoded once
-    inputs: dict[str, torch.Tensor]  # prompt + completion, B*G rows (no pixels: see `images`)
-    images: ImageFeatures | None  # prompt_images repeated per row
+    images_per_prompt: list[int]
+    group_size: int  # G: completion j of prompt i is row i*G + j
     prompt_len: int
     completion_ids: torch.Tensor  # (B*G, T)
     completion_mask: torch.Tensor  # (B*G, T) bool, EOS included
@@ -91,6 +91,19 @@ class Rollout:
     ref_logp: torch.Tensor | None = None  # (B*G, T), when beta > 0
     old_logp: torch.Tensor | None = None  # (B*G, T), when num_iterations > 1
     stats: dict[str, float] = field(default_factory=dict)  # sums over this micro-batch; time/<phase>
+
+    @property
+    def inputs(self) -> dict[str, torch.Tensor]:
+        """Prompt + completion, B*G rows (no pixels: see `images`), for passes over full rows."""
+        rows = repeat_for_group(self.prompts, self.group_size)
+        return append_completion(rows, self.completion_ids, self.completion_mask)
+
+    @property
+    def images(self) -> ImageFeatures | None:
+        """`prompt_images` repeated for the B*G rows of `inputs`."""
+        if self.prompt_images is None:
+            return None
+        return self.prompt_images.repeat_per_prompt(self.images_per_prompt, self.group_size)
 
 
 class Trainer:
@@ -129,7 +142,9 @@ class Trainer:
         self.tokenizer = self.processor.tokenizer
         self.stop_ids = stop_token_ids(self.model, self.tokenizer)
         s = cfg.sampling
-        self.suppress_ids = suppressed_token_ids(self.processor, lm_head_weight(self.model).shape[0], s.ascii_only)
+        self.suppress_ids = suppressed_token_ids(
+            self.processor, lm_head_weight(self.model).shape[0], s.ascii_only
+        )
         self.engine = make_engine(s.engine, compile_decode=s.compile_decode, merge_lora=s.merge_lora)
         self.sampling_params = SamplingParams(
             max_new_tokens=s.max_new_tokens, stop_ids=tuple(self.stop_ids), pad_id=self.tokenizer.pad_token_id,
@@ -325,8 +340,8 @@ class Trainer:
             samples=samples,
             prompts=prompts,
             prompt_images=images,
-            inputs=append_completion(repeat_for_group(prompts, G), out.ids, out.mask),
-            images=images.repeat_per_prompt(counts, G) if images is not None else None,
+            images_per_prompt=counts,
+            group_size=G,
             prompt_len=prompts["input_ids"].shape[1],
             completion_ids=out.ids,
             completion_mask=out.mask,

@@ -1,6 +1,6 @@
 """Load a Qwen2.5-VL checkpoint (real or tiny) with its processor, and the model-side pieces the GRPO loop
-needs: the token ids to suppress when sampling (vision tokens; optionally all non-ASCII ones), final hidden states + output head for memory-lean
-completion log-probs, and encode-once image features.
+needs: the token ids to suppress when sampling (vision tokens; optionally all non-ASCII ones), final hidden
+states + output head for memory-lean completion log-probs (each prompt once), and encode-once image features.
 
 What was checked in transformers 5.24 (tests/test_tiny_model.py holds each fact as a test):
 

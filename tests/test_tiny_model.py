@@ -296,4 +296,6 @@ def test_suppressed_token_ids_add_the_non_ascii_ones_only_when_asked(tiny_proces
     vocab = len(tiny_processor.tokenizer) + 2
     assert suppressed_token_ids(tiny_processor, vocab) == vision_token_ids(tiny_processor)
     both = suppressed_token_ids(tiny_processor, vocab, ascii_only=True)
-    assert both == sorted(set(vision_token_ids(tiny_processor)) | set(non_ascii_token_ids(tiny_processor, vocab)))
+    assert both == sorted(
+        set(vision_token_ids(tiny_processor)) | set(non_ascii_token_ids(tiny_processor, vocab))
+    )

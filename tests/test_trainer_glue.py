@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from data.batching import append_completion, collate_prompts, repeat_for_group
+from data.batching import append_completion, collate_prompts
 from data.r2gen import Sample
 from grpo.config import load_config
 from grpo.trainer import Trainer
@@ -80,7 +80,9 @@ def test_prompt_once_gives_the_full_rows_log_probs_and_gradients(tiny_model_dir,
     """grpo.prompt_once (each prompt once, its G completions on a repeat of its KV cache) against every row's
     prompt + completion: same log-probs, same gradients, on left-padded prompts with different image counts
     and completions that stop at different lengths."""
-    trainer = make_trainer(tiny_model_dir, world, tmp_path, "sampling.group_size=3", "sampling.max_new_tokens=12")
+    trainer = make_trainer(
+        tiny_model_dir, world, tmp_path, "sampling.group_size=3", "sampling.max_new_tokens=12"
+    )
     with torch.no_grad():  # move the adapter away from zero, so LoRA is on the gradient's path
         for p in trainer.params:
             p.add_(0.05 * torch.randn_like(p))
@@ -97,7 +99,6 @@ def test_prompt_once_gives_the_full_rows_log_probs_and_gradients(tiny_model_dir,
     lengths = torch.tensor([12, 5, 9, 3, 12, 7])
     ro.completion_mask = torch.arange(12)[None, :] < lengths[:, None]
     ro.completion_ids = ro.completion_ids.masked_fill(~ro.completion_mask, trainer.tokenizer.pad_token_id)
-    ro.inputs = append_completion(repeat_for_group(ro.prompts, 3), ro.completion_ids, ro.completion_mask)
     mask = ro.completion_mask
 
     def logprobs_and_grads(prompt_once: bool):
