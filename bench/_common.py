@@ -38,6 +38,21 @@ def prepare_workdir(workdir: Path, n_studies: int = 64) -> tuple[Path, Path]:
     return annotation, tiny
 
 
+def add_model_arguments(parser, default_size: str = "tiny") -> None:
+    """--size, --device and --dtype: the model a benchmark measures (sizes from bench/random_qwen.py)."""
+    parser.add_argument("--size", choices=("tiny", "small", "7b"), default=default_size)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+
+
+def sync(device: str) -> None:
+    """Wait for queued CUDA work, so a wall-clock timer measures it."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
 def build_policy(tiny_dir: Path, size: str, vocab: int | None = None):
     """(model, processor), fp32 on CPU, identical in every process: the saved tiny model, or a random model
     of a bench/random_qwen.py size (seeded). ``vocab`` widens the tiny model's output vocabulary (random

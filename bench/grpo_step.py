@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import prepare_workdir  # noqa: E402
+from _common import add_model_arguments, prepare_workdir  # noqa: E402
 
 from grpo.config import load_config  # noqa: E402
 from grpo.trainer import Trainer  # noqa: E402
@@ -67,9 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--size", choices=("tiny", "small", "7b"), default="tiny")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32")
+    add_model_arguments(parser)
     parser.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up step)")
     parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--batch", type=int, default=2, help="studies per step")

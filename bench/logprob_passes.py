@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import prepare_workdir  # noqa: E402
+from _common import add_model_arguments, prepare_workdir, sync  # noqa: E402
 
 from grpo.config import load_config  # noqa: E402
 from grpo.trainer import Trainer  # noqa: E402
@@ -34,22 +34,18 @@ from model.lora import reference_policy  # noqa: E402
 def timed_passes(trainer: Trainer, ro, device: str) -> tuple[float, float, torch.Tensor]:
     """Seconds of the policy's pass + backward, seconds of the reference pass, and the policy's log-probs."""
 
-    def sync():
-        if device == "cuda":
-            torch.cuda.synchronize()
-
     for p in trainer.params:
         p.grad = None
-    sync()
+    sync(device)
     t = time.perf_counter()
     logp = trainer._rollout_logprobs(trainer.model, ro)
     logp[ro.completion_mask].sum().backward()
-    sync()
+    sync(device)
     policy_s = time.perf_counter() - t
     with torch.no_grad(), reference_policy(trainer.model) as reference:
         t = time.perf_counter()
         trainer._rollout_logprobs(reference, ro)
-        sync()
+        sync(device)
     return policy_s, time.perf_counter() - t, logp.detach()
 
 
@@ -57,9 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--size", choices=("tiny", "small", "7b"), default="tiny")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32")
+    add_model_arguments(parser)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--batch", type=int, default=4, help="studies in the rollout")
     parser.add_argument("--new-tokens", type=int, default=64)

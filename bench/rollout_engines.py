@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import prepare_workdir  # noqa: E402
+from _common import add_model_arguments, prepare_workdir, sync  # noqa: E402
 
 from data.batching import collate_prompts  # noqa: E402
 from grpo.config import DataConfig  # noqa: E402
@@ -32,18 +32,11 @@ from model.loading import encode_images, vision_token_ids  # noqa: E402
 from model.lora import POLICY, add_policy_adapter  # noqa: E402
 
 
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--size", choices=("tiny", "small", "7b"), default="small")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32")
+    add_model_arguments(parser, default_size="small")
     parser.add_argument("--batch", type=int, default=2, help="prompts")
     parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--new-tokens", type=int, default=32)
