@@ -28,8 +28,9 @@ from data.batching import append_completion, collate_prompts  # noqa: E402
 from evaluation.generate import resolve_adapter  # noqa: E402
 from evaluation.truth import one_sample_per_study  # noqa: E402
 from grpo.config import load_config  # noqa: E402
+from grpo.logprobs import token_logprobs_from_hidden  # noqa: E402
 from model.generation import stop_token_ids  # noqa: E402
-from model.loading import load_model_and_processor  # noqa: E402
+from model.loading import language_hidden_states, lm_head_weight, load_model_and_processor  # noqa: E402
 from model.lora import load_adapter  # noqa: E402
 
 
@@ -69,10 +70,9 @@ def report_nll(
         prompts = collate_prompts(processor, chunk, prompt_cfg)
         reports = [s.report for s in chunk]
         ids, attended, counted = framed_targets(processor.tokenizer, *frame, reports, stop_id)
-        logits = model(**append_completion(prompts, ids, attended)).logits
-        prompt_len = prompts["input_ids"].shape[1]
-        logp = torch.log_softmax(logits[:, prompt_len - 1 : -1].float(), dim=-1)
-        token_logp = logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+        hidden = language_hidden_states(model, **append_completion(prompts, ids, attended))
+        prompt_len = prompts["input_ids"].shape[1]  # position p predicts token p + 1: no full-vocab logits
+        token_logp = token_logprobs_from_hidden(hidden[:, prompt_len - 1 : -1], lm_head_weight(model), ids)
         total -= (token_logp * counted).sum().item()
         count += int(counted.sum())
     return total / count
