@@ -85,7 +85,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--batch-size", type=int, default=20)
     args = parser.parse_args(argv)
-    torch.manual_seed(0)
 
     cfg = load_config(args.run / "config.yaml")
     m = cfg.model
