@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_labeler(args: argparse.Namespace):
     """The labeler the arguments name (rewards.labelers imports torch only for CheXbert)."""
-    from rewards.labelers import make_labeler
+    from rewards.labeling import make_labeler
 
     return make_labeler(
         args.labeler,

@@ -84,7 +84,7 @@ def build_policy(tiny_dir: Path, size: str, vocab: int | None = None):
 def make_reward():
     """The reward both trainers call: 0.75 MCCS + 0.25 format with the rule labeler (rewards.combine)."""
     from rewards.combine import RewardCombiner
-    from rewards.labelers import make_labeler
+    from rewards.labeling import make_labeler
 
     return RewardCombiner(REWARD_WEIGHTS, labeler=make_labeler("rules"))
 

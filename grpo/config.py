@@ -26,7 +26,7 @@ from grpo.advantages import SCALES
 from grpo.loss import AGGREGATIONS, load_loss
 from model.engine import ENGINES
 from rewards.combine import TERM_NAMES
-from rewards.labelers import LABELER_NAMES
+from rewards.labeling import LABELER_NAMES
 
 
 class ConfigError(ValueError):

@@ -162,7 +162,7 @@ class RewardCombiner:
 def build_reward(cfg, training_reports: Sequence[str], device: str = "cpu") -> RewardCombiner:
     """The combiner a run's ``reward`` config section describes (``grpo.config.RewardConfig``): the
     labeler is built only when a term needs it, and the training reports only feed ``nlg``'s CIDEr-D."""
-    from rewards.labelers import make_labeler
+    from rewards.labeling import make_labeler
 
     labeler = None
     if LABEL_TERMS & set(cfg.weights):

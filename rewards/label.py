@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rewards.labelers import LABELER_NAMES, make_labeler
+from rewards.labeling import LABELER_NAMES, make_labeler
 from rewards.labels import OBSERVATIONS, codes_to_csv_rows, label_with_progress
 
 EXIT_BAD_INPUT = 2

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import rewards.label as label_cli
-from rewards.labelers import make_labeler
+from rewards.labeling import make_labeler
 from rewards.labels import NEGATIVE, OBSERVATIONS, POSITIVE, UNCERTAIN, codes_to_csv_rows
 
 REPO = Path(__file__).resolve().parents[1]
