@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from evaluation.generate import Decoding, generate_split  # noqa: E402
 from rewards.format import extract_report  # noqa: E402
-from rewards.labels import OBSERVATIONS, POSITIVE  # noqa: E402
+from rewards.vocabulary import OBSERVATIONS, POSITIVE  # noqa: E402
 from rewards.rules import RuleLabeler  # noqa: E402
 
 

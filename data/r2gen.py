@@ -30,7 +30,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from data.images import ImageLoadError, check_image_header, load_image
-from rewards.labels import NO_FINDING, NUM_OBSERVATIONS, UNCERTAIN
+from rewards.vocabulary import NO_FINDING, NUM_OBSERVATIONS, UNCERTAIN
 
 __all__ = [
     "AnnotationError",

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from rewards.labels import (
+from rewards.vocabulary import (
     BLANK,
     FINDINGS,
     NEGATIVE,

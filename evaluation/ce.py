@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rewards.labels import (
+from rewards.vocabulary import (
     BLANK,
     CE5,
     NEGATIVE,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rewards.labels import OBSERVATIONS, codes_to_csv_rows
+from rewards.vocabulary import OBSERVATIONS, codes_to_csv_rows
 
 METRICS_FILE = "metrics.json"
 LABELS_FILE = "labels.csv"

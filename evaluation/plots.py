@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-from rewards.labels import OBSERVATIONS
+from rewards.vocabulary import OBSERVATIONS
 
 PER_LABEL_F1_PNG = "per_label_f1.png"
 POLARITY_PNG = "polarity_errors.png"

@@ -25,7 +25,7 @@ import numpy as np
 
 from evaluation.ce import ce_metrics
 from evaluation.outputs import LABELS_FILE, METRICS_FILE, percent
-from rewards.labels import OBSERVATIONS, binarize, codes_to_csv_rows, csv_rows_to_codes, validate_codes
+from rewards.vocabulary import OBSERVATIONS, binarize, codes_to_csv_rows, csv_rows_to_codes, validate_codes
 
 TRUTH_FILE = "truth.csv"
 

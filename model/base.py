@@ -99,7 +99,7 @@ class FindingProbe(torch.nn.Module):
 
 def finding_targets(samples) -> torch.Tensor:
     """(N, 13) float: 1 where a finding is present (positive or uncertain), from the samples' labels."""
-    from rewards.labels import FINDINGS, POSITIVE, UNCERTAIN
+    from rewards.vocabulary import FINDINGS, POSITIVE, UNCERTAIN
 
     codes = torch.tensor([s.labels[: len(FINDINGS)] for s in samples])
     return ((codes == POSITIVE) | (codes == UNCERTAIN)).float()
@@ -224,7 +224,7 @@ def build_base_model(
     from data.synthetic import generate_world, world_texts
     from model.loading import load_model_and_processor
     from model.tiny import build_tiny_model
-    from rewards.labels import FINDINGS
+    from rewards.vocabulary import FINDINGS
 
     recipe = recipe or BaseRecipe()
     out_dir = Path(out_dir)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rewards.labels import binarize
+from rewards.vocabulary import binarize
 
 
 def ce_f1_reward(

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rewards.labels import NUM_OBSERVATIONS, validate_codes
+from rewards.vocabulary import NUM_OBSERVATIONS, validate_codes
 
 MAX_TOKENS = 512
 NUM_FINDING_CLASSES = 4  # blank, positive, negative, uncertain

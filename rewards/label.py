@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rewards.labeling import LABELER_NAMES, make_labeler
-from rewards.labels import OBSERVATIONS, codes_to_csv_rows, label_with_progress
+from rewards.vocabulary import OBSERVATIONS, codes_to_csv_rows, label_with_progress
 
 EXIT_BAD_INPUT = 2
 ID_COLUMN = "id"

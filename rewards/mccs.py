@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rewards.labels import NO_FINDING, NUM_OBSERVATIONS, validate_codes
+from rewards.vocabulary import NO_FINDING, NUM_OBSERVATIONS, validate_codes
 
 DEFAULT_MARGIN = 0.0
 CCS_EPS = 1e-8

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rewards import phrases
-from rewards.labels import (
+from rewards.vocabulary import (
     BLANK,
     CODE_NAMES,
     NEGATIVE,

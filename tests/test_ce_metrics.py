@@ -16,7 +16,7 @@ from evaluation.ce import (
     polarity_analysis,
     subset_columns,
 )
-from rewards.labels import BLANK, CE5, NEGATIVE, NO_FINDING, OBSERVATIONS, POSITIVE, UNCERTAIN
+from rewards.vocabulary import BLANK, CE5, NEGATIVE, NO_FINDING, OBSERVATIONS, POSITIVE, UNCERTAIN
 
 # Three reports x three labels; reference (truth) and prediction.
 #            label:  a  b  c

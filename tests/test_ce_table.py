@@ -11,7 +11,7 @@ import pytest
 import evaluate
 from evaluation.ce_table import field_figures, paper_table_markdown
 from evaluation.score import score_reports
-from rewards.labels import BLANK, CE5, NEGATIVE, OBSERVATIONS, POSITIVE, UNCERTAIN
+from rewards.vocabulary import BLANK, CE5, NEGATIVE, OBSERVATIONS, POSITIVE, UNCERTAIN
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from rewards.cef1 import ce_f1_reward
-from rewards.labels import BLANK, NEGATIVE, NO_FINDING, OBSERVATIONS, POSITIVE, UNCERTAIN
+from rewards.vocabulary import BLANK, NEGATIVE, NO_FINDING, OBSERVATIONS, POSITIVE, UNCERTAIN
 
 
 def row(**by_name):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rewards.chexbert import CheXbertLabeler, CheXbertLoadError, CheXbertModel, clean_report
-from rewards.labels import NO_FINDING, NUM_OBSERVATIONS
+from rewards.vocabulary import NO_FINDING, NUM_OBSERVATIONS
 
 WORDS = ["no", "pleural", "effusion", "heart", "size", "normal", "mild", "cardio", "##megaly", "."]
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from rewards.combine import PAPER_WEIGHTS, RewardCombiner, RewardOutput
-from rewards.labels import NEGATIVE, OBSERVATIONS, POSITIVE
+from rewards.vocabulary import NEGATIVE, OBSERVATIONS, POSITIVE
 from rewards.mccs import mccs_from_codes
 
 EFFUSION = OBSERVATIONS.index("Pleural Effusion")

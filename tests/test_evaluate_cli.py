@@ -16,7 +16,7 @@ import evaluate
 from evaluation.outputs import labels_csv_header
 from evaluation.plots import CURVES_PNG, curve_panels, read_metrics_jsonl
 from evaluation.score import score_reports
-from rewards.labels import NEGATIVE, OBSERVATIONS, POSITIVE, UNCERTAIN
+from rewards.vocabulary import NEGATIVE, OBSERVATIONS, POSITIVE, UNCERTAIN
 
 REPO = Path(__file__).resolve().parents[1]
 _CODES = {"pos": POSITIVE, "neg": NEGATIVE, "unc": UNCERTAIN}

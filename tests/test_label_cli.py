@@ -11,7 +11,7 @@ import torch
 
 import rewards.label as label_cli
 from rewards.labeling import make_labeler
-from rewards.labels import NEGATIVE, OBSERVATIONS, POSITIVE, UNCERTAIN, codes_to_csv_rows
+from rewards.vocabulary import NEGATIVE, OBSERVATIONS, POSITIVE, UNCERTAIN, codes_to_csv_rows
 
 REPO = Path(__file__).resolve().parents[1]
 

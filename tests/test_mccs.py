@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from rewards.labels import BLANK, NEGATIVE, NO_FINDING, OBSERVATIONS, POSITIVE, UNCERTAIN
+from rewards.vocabulary import BLANK, NEGATIVE, NO_FINDING, OBSERVATIONS, POSITIVE, UNCERTAIN
 from rewards.mccs import ccs, mccs, mccs_from_codes, signed_vectors
 
 

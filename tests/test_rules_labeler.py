@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rewards import phrases
-from rewards.labels import (
+from rewards.vocabulary import (
     BLANK,
     NEGATIVE,
     NO_FINDING,

@@ -33,7 +33,7 @@ from data.synthetic import (
     world_texts,
     write_report,
 )
-from rewards.labels import FINDINGS, NEGATIVE, NO_FINDING, OBSERVATIONS, POSITIVE, UNCERTAIN
+from rewards.vocabulary import FINDINGS, NEGATIVE, NO_FINDING, OBSERVATIONS, POSITIVE, UNCERTAIN
 
 SIZE = 112
 

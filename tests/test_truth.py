@@ -14,7 +14,7 @@ import evaluate
 from evaluation.bootstrap import compare_folders
 from evaluation.score import score_reports
 from evaluation.truth import TRUTH_FILE, first_per_study, match_truth, one_sample_per_study, read_truth
-from rewards.labels import BLANK, NEGATIVE, NO_FINDING, OBSERVATIONS, POSITIVE
+from rewards.vocabulary import BLANK, NEGATIVE, NO_FINDING, OBSERVATIONS, POSITIVE
 
 
 def codes(**labels) -> list[int]:
