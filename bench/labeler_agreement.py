@@ -4,7 +4,7 @@
 
 The CSV has columns ``id, split, impression`` and then the 14 observations in CheXbert's order, binary
 (1 = CheXbert said positive or uncertain). Our codes are made binary the same way
-(``rewards.labels.binarize``: positive or uncertain -> 1). Prints, per split group (train+val, test):
+(``rewards.vocabulary.binarize``: positive or uncertain -> 1). Prints, per split group (train+val, test):
 per-label precision / recall / F1 / support, micro-F1 over the 14 labels, macro-F1 over the findings
 (No Finding excluded) that have >= 10 positives in that group, and reports per second on one core.
 

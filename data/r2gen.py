@@ -4,7 +4,7 @@ The format: ``{"train": [...], "val": [...], "test": [...]}``; each entry has ``
 FINDINGS text), ``image_path`` (a list of paths relative to an images folder) and ``split``. MIMIC-CXR
 entries add ``study_id`` and ``subject_id`` and usually hold one image each (a study's other images are
 separate entries with the same ``study_id`` and report). The synthetic world adds ``labels``: the 14 codes
-of ``rewards.labels`` (CheXbert order, 0 blank / 1 positive / 2 negative / 3 uncertain).
+of ``rewards.vocabulary`` (CheXbert order, 0 blank / 1 positive / 2 negative / 3 uncertain).
 
 Images folder rule: ``images_dir=None`` means ``<folder of annotation.json>/images`` -- the layout R2Gen
 uses (``data/iu_xray/annotation.json`` beside ``data/iu_xray/images/``) and the one the synthetic world

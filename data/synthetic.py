@@ -69,7 +69,7 @@ class Study:
     n_views: int
 
     def codes(self) -> tuple[int, ...]:
-        """The 14 CheXbert codes of this study's report (rewards.labels order)."""
+        """The 14 CheXbert codes of this study's report (rewards.vocabulary order)."""
         codes = [BLANK] * NUM_OBSERVATIONS
         for name in self.negated:
             codes[OBSERVATIONS.index(name)] = NEGATIVE

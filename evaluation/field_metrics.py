@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from rewards.vocabulary import PROGRESS_MIN_REPORTS
+from rewards.labeling import PROGRESS_MIN_REPORTS
 
 RADGRAPH_FILES = ("config.json", "weights.th", "vocabulary")
 RADGRAPH_MODELS = ("radgraph", "radgraph-xl", "modern-radgraph-xl")

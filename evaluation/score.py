@@ -17,7 +17,7 @@ from evaluation.ce_table import field_figures
 from evaluation.inputs import check_unique_ids
 from evaluation.outputs import write_labels_csv, write_metrics_json, write_reports_csv, write_summary_md
 from evaluation.truth import TRUTH_FILE, append_truth_summary, truth_figures, write_truth_csv
-from rewards.vocabulary import Labeler, label_with_progress
+from rewards.labeling import Labeler, label_with_progress
 
 
 def label_reports(labeler: Labeler, texts: Sequence[str], what: str) -> np.ndarray:

@@ -23,8 +23,8 @@ import numpy as np
 
 from rewards.cef1 import ce_f1_reward
 from rewards.format import FULL_CREDIT, extract_report, format_reward
-from rewards.vocabulary import NUM_OBSERVATIONS, validate_codes
 from rewards.mccs import DEFAULT_MARGIN, check_margin, mccs_from_codes
+from rewards.vocabulary import NUM_OBSERVATIONS, validate_codes
 
 TERM_NAMES = ("mccs", "format", "cef1", "nlg")
 LABEL_TERMS = frozenset({"mccs", "cef1"})

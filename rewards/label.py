@@ -14,8 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rewards.labeling import LABELER_NAMES, make_labeler
-from rewards.vocabulary import OBSERVATIONS, codes_to_csv_rows, label_with_progress
+from rewards.labeling import LABELER_NAMES, label_with_progress, make_labeler
+from rewards.vocabulary import OBSERVATIONS, codes_to_csv_rows
 
 EXIT_BAD_INPUT = 2
 ID_COLUMN = "id"

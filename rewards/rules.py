@@ -658,7 +658,7 @@ class RuleLabeler:
         return aggregate(analyse(text), self.no_finding_blockers)
 
     def label(self, texts: Sequence[object]) -> np.ndarray:
-        """Reports -> ``(N, 14)`` int64 codes in ``rewards.labels.OBSERVATIONS`` order."""
+        """Reports -> ``(N, 14)`` int64 codes in ``rewards.vocabulary.OBSERVATIONS`` order."""
         if isinstance(texts, (str, bytes)):
             raise TypeError("RuleLabeler.label expects a sequence of reports, got a single string")
         out = np.zeros((len(texts), NUM_OBSERVATIONS), dtype=np.int64)

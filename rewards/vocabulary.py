@@ -1,7 +1,7 @@
-"""The 14 CheXbert observations, their class codes, and the CheXpert CSV convention.
+"""The label vocabulary: the 14 CheXbert observations, their class codes, and the CheXpert CSV convention.
 
-A *labeler* is any object with ``label(texts: Sequence[str]) -> np.ndarray`` returning an ``(N, 14)``
-int array of the codes below, columns in ``OBSERVATIONS`` order.
+A labeler (rewards.labeling) returns an ``(N, 14)`` int array of the codes below, columns in
+``OBSERVATIONS`` order. This module imports nothing of ours: ``data`` and ``model`` may use it.
 
 Codes follow CheXbert's class indices: 0 blank (not mentioned), 1 positive, 2 negative, 3 uncertain.
 No Finding (the last column) is only ever 0 or 1.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Protocol
 
 import numpy as np
 
@@ -45,11 +44,6 @@ CODE_NAMES = {BLANK: "blank", POSITIVE: "positive", NEGATIVE: "negative", UNCERT
 # CheXbert code -> CheXpert CSV value (None = empty cell), and back.
 _TO_CSV = {BLANK: None, POSITIVE: 1, NEGATIVE: 0, UNCERTAIN: -1}
 _FROM_CSV = {1: POSITIVE, 0: NEGATIVE, -1: UNCERTAIN}
-
-
-class Labeler(Protocol):
-    def label(self, texts: Sequence[str]) -> np.ndarray:  # (N, 14) int codes
-        ...
 
 
 def validate_codes(codes: np.ndarray) -> np.ndarray:
@@ -117,23 +111,3 @@ def binarize(codes: np.ndarray, uncertain_as: str = "positive") -> np.ndarray:
     if uncertain_as == "positive":
         present |= codes == UNCERTAIN
     return present.astype(np.int64)
-
-
-PROGRESS_MIN_REPORTS = 500  # label at least this many reports and a progress bar shows on stderr
-PROGRESS_CHUNK = 512  # reports per labeler call when a bar is shown
-
-
-def label_with_progress(labeler: Labeler, texts: Sequence[str], desc: str = "label") -> np.ndarray:
-    """``labeler.label(texts)``, in chunks under a tqdm bar when there are many reports (same codes)."""
-    texts = list(texts)
-    if len(texts) < PROGRESS_MIN_REPORTS:
-        return validate_codes(labeler.label(texts))
-    from tqdm import tqdm
-
-    chunks = []
-    with tqdm(total=len(texts), desc=desc, unit="report") as bar:
-        for start in range(0, len(texts), PROGRESS_CHUNK):
-            chunk = texts[start : start + PROGRESS_CHUNK]
-            chunks.append(validate_codes(labeler.label(chunk)))
-            bar.update(len(chunk))
-    return np.concatenate(chunks)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from rewards.label import main as label_main
-from rewards.vocabulary import PROGRESS_MIN_REPORTS, label_with_progress
+from rewards.labeling import PROGRESS_MIN_REPORTS, label_with_progress
 from rewards.rules import RuleLabeler
 
 SENTENCES = (

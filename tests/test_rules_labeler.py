@@ -261,7 +261,7 @@ def test_very_long_input_does_not_crash(labeler):
 
 
 def test_label_returns_valid_int64_codes_for_a_batch(labeler):
-    """label() returns an (N, 14) int64 array that passes rewards.labels.validate_codes."""
+    """label() returns an (N, 14) int64 array that passes rewards.vocabulary.validate_codes."""
     texts = ["No acute disease.", "Large right pleural effusion.", "", "Possible pneumonia."]
     codes = labeler.label(texts)
     assert codes.shape == (4, NUM_OBSERVATIONS) and codes.dtype == np.int64
