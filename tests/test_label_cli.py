@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import rewards.label as label_cli
+import rewards.label_csv as label_cli
 from rewards.labeling import make_labeler
 from rewards.vocabulary import NEGATIVE, OBSERVATIONS, POSITIVE, UNCERTAIN, codes_to_csv_rows
 

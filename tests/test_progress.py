@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rewards.label import main as label_main
+from rewards.label_csv import main as label_main
 from rewards.labeling import PROGRESS_MIN_REPORTS, label_with_progress
 from rewards.rules import RuleLabeler
 
