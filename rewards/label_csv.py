@@ -1,4 +1,4 @@
-"""Label the reports of a CSV file: ``python -m rewards.label --in FILE.csv --column report --out labels.csv``.
+"""Label the reports of a CSV file: ``python -m rewards.label_csv --in FILE.csv --column report --out labels.csv``.
 
 Writes one output row per input row: the input's ``id`` column first when it has one, then one column per
 observation named as in CheXbert's list, with CheXpert CSV values (1 positive, 0 negative, -1 uncertain,
@@ -26,7 +26,7 @@ class InputError(Exception):
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m rewards.label", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m rewards.label_csv", description=__doc__.splitlines()[0])
     parser.add_argument("--in", dest="input", required=True, type=Path, help="input CSV file")
     parser.add_argument("--column", default="report", help="column holding the report text (default: report)")
     parser.add_argument("--out", required=True, type=Path, help="output CSV file")

@@ -1,4 +1,4 @@
-"""The labeling CLI (python -m rewards.label) and make_labeler: output layout, CSV values, one-line errors."""
+"""The labeling CLI (python -m rewards.label_csv) and make_labeler: output layout, CSV values, one-line errors."""
 
 import csv
 import subprocess
@@ -47,7 +47,7 @@ def read_csv(path):
 
 def run_module(*args):
     return subprocess.run(
-        [sys.executable, "-m", "rewards.label", *map(str, args)], cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-m", "rewards.label_csv", *map(str, args)], cwd=REPO, capture_output=True, text=True
     )
 
 
