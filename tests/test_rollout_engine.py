@@ -26,7 +26,7 @@ import model.engine.static as static_module
 from data.batching import append_completion, collate_prompts, images_per_row, repeat_for_group
 from grpo.logprobs import token_logprobs_from_hidden
 from model.engine import SamplingParams, make_engine
-from model.engine.sampler import choose_tokens, inverse_cdf_sample, process_logits
+from model.engine.next_token import choose_tokens, inverse_cdf_sample, process_logits
 from model.generation import split_completions, stop_token_ids
 from model.loading import (
     encode_images,

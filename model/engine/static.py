@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from model.engine import Generation, SamplingParams
-from model.engine.sampler import choose_tokens
+from model.engine.next_token import choose_tokens
 from model.loading import unwrap_model
 
 log = logging.getLogger(__name__)
