@@ -1,6 +1,6 @@
 """Rollout engines: sample completions for a batch of prompts (the trainer's rollout, evaluate.py's generation).
 
-Two engines sample the same distribution (``model.engine.sampler`` defines it; tests/test_rollout_engine.py
+Two engines sample the same distribution (``model.engine.next_token`` defines it; tests/test_rollout_engine.py
 checks it step by step):
 
 - ``hf``: HF ``generate`` with every sampling field passed from our settings and the checkpoint's

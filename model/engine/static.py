@@ -12,7 +12,7 @@ Per call (one micro-batch of B prompts, G samples each, N = B*G rows):
    (computed in float32, rounded once; the trainer's weights are untouched). Text tokens after the prompt sit
    at the same position on all three RoPE axes: the next position is the prompt's last position + 1 per row
    (with left padding and images this is not the slot index).
-4. Sample with ``model.engine.sampler`` (same processing as HF generate, inverse-CDF draw); rows stop at
+4. Sample with ``model.engine.next_token`` (same processing as HF generate, inverse-CDF draw); rows stop at
    their first stop token and are padded after it; the loop ends when every row has stopped.
 
 The decode step has static shapes within a call (the cache is written with ``index_copy_`` at a tensor slot,
