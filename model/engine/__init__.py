@@ -16,40 +16,16 @@ tokens (pad after each row's stop token, like HF) and, for ``static``, the log-p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from model.engine.interface import Generation, SamplingParams
 
-import torch
+__all__ = ["ENGINES", "Generation", "SamplingParams", "make_engine"]
 
 ENGINES = ("hf", "static")
 
 
-@dataclass(frozen=True)
-class SamplingParams:
-    """Everything that decides what is sampled; nothing else (e.g. a checkpoint's generation_config) may."""
-
-    max_new_tokens: int
-    stop_ids: tuple[int, ...]
-    pad_id: int
-    suppress_ids: tuple[int, ...] = ()
-    do_sample: bool = True
-    temperature: float = 1.0
-    top_p: float = 1.0
-    min_new_tokens: int = 0
-    num_samples: int = 1  # G: rows i*G .. i*G+G-1 of the output belong to prompt i
-
-
-@dataclass
-class Generation:
-    """``tokens`` (B*G, T'), T' <= max_new_tokens: generated ids, pad after a row's first stop token.
-    ``logprobs`` (B*G, T'): log_softmax(logits / temperature) of each token as the engine computed it
-    (None: the engine does not know them)."""
-
-    tokens: torch.Tensor
-    logprobs: torch.Tensor | None
-
-
 def make_engine(name: str, compile_decode: bool = False, merge_lora: bool = True):
     """The engine called ``name`` (one of ENGINES); the options apply to ``static``."""
+    # imported here, not at the top: the engines pull in transformers, and grpo.config reads ENGINES
     if name == "hf":
         from model.engine.hf import HFEngine
 

@@ -14,7 +14,7 @@ import contextlib
 import torch
 from transformers import GenerationConfig
 
-from model.engine import Generation, SamplingParams
+from model.engine.interface import Generation, SamplingParams
 from model.loading import unwrap_model
 
 

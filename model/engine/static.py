@@ -28,7 +28,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from model.engine import Generation, SamplingParams
+from model.engine.interface import Generation, SamplingParams
 from model.engine.next_token import choose_tokens
 from model.loading import unwrap_model
 
