@@ -13,7 +13,7 @@ from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
 
 from data.batching import collate_prompts
 from grpo.config import load_config, to_dict
-from model.export import PROVENANCE_FILE, main
+from export import PROVENANCE_FILE, main
 from model.loading import load_model_and_processor, vision_token_ids
 from model.lora import add_policy_adapter, load_adapter, save_adapter
 from model.processor import load_processor
@@ -119,7 +119,7 @@ def test_auto_processor_loads_the_export(trained_run, tmp_path):
 
 def test_generation_config_suppresses_the_non_ascii_tokens_when_the_run_did(tiny_model, tiny_processor):
     from grpo.config import SamplingConfig
-    from model.export import sampling_generation_config
+    from export import sampling_generation_config
     from model.loading import lm_head_weight, non_ascii_token_ids
 
     tokenizer = tiny_processor.tokenizer
