@@ -1,8 +1,8 @@
 """Export a trained adapter as a plain Hugging Face model folder, for serving or publishing.
 
-    python -m model.export --run runs/demo --out exports/demo                 # the run's final adapter
-    python -m model.export --run runs/demo --checkpoint 100 --out exports/s100
-    python -m model.export --run runs/demo --adapter path/to/adapter --out exports/x
+    python export.py --run runs/demo --out exports/demo                 # the run's final adapter
+    python export.py --run runs/demo --checkpoint 100 --out exports/s100
+    python export.py --run runs/demo --adapter path/to/adapter --out exports/x
 
 The folder holds the LoRA-merged weights (safetensors), config.json, the processor (tokenizer, image
 processor with the run's min/max_pixels, chat template) and a generation_config.json with the run's
@@ -11,7 +11,8 @@ and, with ``sampling.ascii_only``, the non-ASCII ones). It loads with
 ``Qwen2_5_VLForConditionalGeneration.from_pretrained(DIR)`` and, where torchvision is installed,
 ``AutoProcessor.from_pretrained(DIR)``; servers that read a model folder (vLLM, TGI) take it as it is.
 
-Like train.py and evaluate.py this is an entry point: it reads a run folder (grpo.config) besides model/.
+A top-level command like train.py and evaluate.py: it reads a run folder (grpo.config, evaluation.generate)
+besides model/, which may import neither.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def export_merged(run_dir: str | Path, out_dir: str | Path, adapter_dir: str | P
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m model.export",
+        prog="python export.py",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,4 +1,4 @@
-"""model.export: a run's adapter merged into a plain Hugging Face folder that loads without peft and writes
+"""export.py: a run's adapter merged into a plain Hugging Face folder that loads without peft and writes
 the same greedy reports as the adapter on its base."""
 
 from __future__ import annotations
