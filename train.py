@@ -69,7 +69,7 @@ def prepare_assets(cfg: TrainConfig, is_main: bool) -> None:
         shutil.rmtree(model_dir, ignore_errors=True)
         tmp.rename(model_dir)
     if is_main and cfg.model.build_base and not (model_dir / "config.json").exists():
-        from model.base import BaseRecipe, build_base_model
+        from demo.base import BaseRecipe, build_base_model
 
         recipe = BaseRecipe()
         if recipe.image_size != cfg.data.synthetic_image_size:

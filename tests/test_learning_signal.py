@@ -17,7 +17,7 @@ import torch
 from data.batching import collate_prompts
 from data.synthetic import generate_world
 from grpo.config import load_config
-from model.base import BaseRecipe
+from demo.base import BaseRecipe
 from rewards.format import extract_report
 from rewards.mccs import mccs_from_codes
 from rewards.rules import RuleLabeler
@@ -86,7 +86,7 @@ def test_build_base_model_writes_a_checkpoint_that_loads_and_records_its_recipe(
     import json
     from dataclasses import replace
 
-    from model.base import build_base_model
+    from demo.base import build_base_model
     from model.loading import load_model_and_processor
     from model.tiny import TinySizes
 
