@@ -43,7 +43,7 @@ log = logging.getLogger("train")
 def prepare_assets(cfg: TrainConfig, is_main: bool) -> None:
     """Demo assets, made once and atomically (rank 0, others wait), each only when absent: the synthetic
     world when ``data.synthetic_n > 0``, the tiny model when ``model.build_tiny``, the pretrained
-    synthetic base when ``model.build_base`` (the demo ships it; rebuilding takes a while, see model/base.py)."""
+    synthetic base when ``model.build_base`` (the demo ships it; rebuilding takes a while, see demo/base.py)."""
     annotation = Path(cfg.data.annotation)
     model_dir = Path(cfg.model.path)
     if is_main and cfg.data.synthetic_n > 0 and not annotation.exists():
@@ -75,7 +75,7 @@ def prepare_assets(cfg: TrainConfig, is_main: bool) -> None:
         if recipe.image_size != cfg.data.synthetic_image_size:
             raise ValueError(f"data.synthetic_image_size is {cfg.data.synthetic_image_size} but the base "
                              f"model is pretrained on {recipe.image_size}-pixel images")  # fmt: skip
-        log.info("building the pretrained synthetic base in %s (%d steps; see model/base.py)", model_dir,
+        log.info("building the pretrained synthetic base in %s (%d steps; see demo/base.py)", model_dir,
                  recipe.steps)  # fmt: skip
         build_base_model(model_dir, recipe)  # written to a temporary folder, then renamed
     distributed.barrier()

@@ -14,7 +14,7 @@ The result is an ordinary checkpoint folder (weights in safetensors, tokenizer, 
 ``base_recipe.json`` recording how it was made). Same recipe and seed -> the same model on a machine.
 The demo then does what the paper does: LoRA SFT, then LoRA GRPO, with the vision tower frozen.
 
-    python -m model.base --out assets/synthetic-base          # rebuild the shipped base (see BaseRecipe)
+    python -m demo.base --out assets/synthetic-base          # rebuild the shipped base (see BaseRecipe)
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ class LoraConfig:
 class ModelConfig:
     path: str | None = None  # a local Qwen2.5-VL checkpoint directory (required)
     build_tiny: bool = False  # build the tiny offline model at `path` when it is absent (unit-test sized)
-    build_base: bool = False  # build the pretrained synthetic base (model/base.py) at `path` when absent
+    build_base: bool = False  # build the pretrained synthetic base (demo/base.py) at `path` when absent
     dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     attn_implementation: str = "auto"  # auto: flash_attention_2 when importable on CUDA, else sdpa
     min_pixels: int | None = None  # image resolution bounds for the processor

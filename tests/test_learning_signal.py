@@ -1,6 +1,6 @@
 """GRPO on the pretrained synthetic base makes its greedy reports agree better with the true labels.
 
-The shipped base (assets/synthetic-base, rebuilt by `python -m model.base`) can see the rendered findings;
+The shipped base (assets/synthetic-base, rebuilt by `python -m demo.base`) can see the rendered findings;
 a short GRPO run with the MCCS reward on a handful of studies must raise the label agreement (MCCS against
 the true labels) of its greedy reports on those studies (measured here: 0.551 -> 0.583 in 24 steps). This is the learning signal the demo relies on, in
 a minute of CPU time; the demo and bench/table2.py measure it on the held-out test split.
@@ -61,7 +61,7 @@ def test_short_grpo_run_on_the_pretrained_base_raises_greedy_label_agreement(tmp
     from grpo.trainer import Trainer
 
     assert (BASE / "config.json").is_file(), (
-        f"{BASE} is missing: rebuild it with python -m model.base --out {BASE}"
+        f"{BASE} is missing: rebuild it with python -m demo.base --out {BASE}"
     )
     world = generate_world(tmp_path / "world", n=8, seed=11, image_size=BaseRecipe().image_size,
                            split_fractions=(1.0, 0.0, 0.0))  # fmt: skip
