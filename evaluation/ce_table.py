@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from evaluation.ce import UNCERTAIN_POLICIES, ce_metrics
-from evaluation.outputs import _mark, _rank_marks, load_metrics, percent
+from evaluation.outputs import CONVENTION_NOTES, load_metrics, marked, percent, rank_marks
 
 # (labels, average) of the figures papers report, with the name used in metrics.json
 FIELD_FIGURES: tuple[tuple[str, str, str], ...] = (
@@ -25,10 +25,6 @@ FIELD_FIGURES: tuple[tuple[str, str, str], ...] = (
     ("macro_f1_14", "14", "macro"),
     ("micro_f1_5", "5", "micro"),
 )
-CONVENTION_NOTES = {
-    "negative": "uncertain counted as negative (R2Gen's compute_ce.py)",
-    "positive": "uncertain counted as positive",
-}
 # Table I's column groups, in the paper's order: metrics.json "dataset" value -> the paper's heading
 TABLE_I_DATASETS: tuple[tuple[str, str], ...] = (("iu_xray", "IU X-Ray"), ("mimic_cxr", "MIMIC-CXR"))
 
@@ -52,21 +48,6 @@ def field_figures(
         for name, labels, average in FIELD_FIGURES
     ]  # fmt: skip
     return {"by_convention": by_convention, "figures": figures}
-
-
-def field_figures_markdown(field: dict) -> str:
-    """The field's CE figures as a table whose every row names its labeler and convention."""
-    lines = [
-        "| Figure | F1 (%) | Precision (%) | Recall (%) | Labeler | Uncertain labels |",
-        "|---|---|---|---|---|---|",
-    ]
-    for f in field["figures"]:
-        what = f"CE {f['average']}-F1, {'14 observations' if f['labels'] == '14' else '5 observations (CE5)'}"
-        lines.append(
-            f"| {what} | {percent(f['f1'])} | {percent(f['precision'])} | {percent(f['recall'])} "
-            f"| `{f['labeler']}` | {CONVENTION_NOTES[f['uncertain_as']]} |"
-        )
-    return "\n".join(lines) + "\n"
 
 
 def _figures_for(metrics: dict, uncertain_as: str, average: str, where: str) -> dict:
@@ -111,7 +92,7 @@ def paper_table_markdown(
     columns = [(d, field) for d, _ in TABLE_I_DATASETS for field in ("precision", "recall", "f1")]
     cells = [[by_dataset[d][field] if d in by_dataset else None for d, field in columns]
              for by_dataset in entries.values()]  # fmt: skip
-    marks = [_rank_marks([row[j] for row in cells]) if len(cells) > 1 else [""] * len(cells)
+    marks = [rank_marks([row[j] for row in cells]) if len(cells) > 1 else [""] * len(cells)
              for j in range(len(columns))]  # fmt: skip
     header = [
         "Method",
@@ -119,7 +100,7 @@ def paper_table_markdown(
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, (method, row) in enumerate(zip(entries, cells)):
-        shown = [_mark(percent(v), marks[j][i]) for j, v in enumerate(row)]
+        shown = [marked(percent(v), marks[j][i]) for j, v in enumerate(row)]
         lines.append("| " + " | ".join([method.replace("|", "/"), *shown]) + " |")
     table = "\n".join(lines) + "\n"
     caption = (

@@ -26,6 +26,11 @@ SUMMARY_FILE = "summary.md"
 
 # The paper's column-group names for the datasets it reports on; other names are shown as given.
 DATASET_DISPLAY_NAMES = {"iu_xray": "IU X-Ray", "mimic_cxr": "MIMIC-CXR", "synthetic": "Synthetic CXR"}
+# How each uncertain-label convention is named under a CE figure (evaluation.ce_table computes both)
+CONVENTION_NOTES = {
+    "negative": "uncertain counted as negative (R2Gen's compute_ce.py)",
+    "positive": "uncertain counted as positive",
+}
 
 
 # ----------------------------------------------------------------------------------------------- writers
@@ -91,7 +96,7 @@ class TableRow:
     f1: float
 
 
-def _rank_marks(values: list[float | None]) -> list[str]:
+def rank_marks(values: list[float | None]) -> list[str]:
     """'best' / 'second' / '' per value, as the paper marks columns (ties share a mark)."""
     distinct = sorted({round(v, 6) for v in values if v is not None}, reverse=True)
     if len(distinct) < 2:
@@ -103,8 +108,9 @@ def _rank_marks(values: list[float | None]) -> list[str]:
     ]
 
 
-def _mark(text: str, mark: str) -> str:
-    return f"**{text}**" if mark == "best" else f"<u>{text}</u>" if mark == "second" else text
+def marked(text: str, rank: str) -> str:
+    """``text`` bold when ``rank`` is 'best', underlined when 'second' (a mark of ``rank_marks``)."""
+    return f"**{text}**" if rank == "best" else f"<u>{text}</u>" if rank == "second" else text
 
 
 def paper_table(rows: Sequence[TableRow], mark_best: bool = False) -> str:
@@ -128,11 +134,11 @@ def paper_table(rows: Sequence[TableRow], mark_best: bool = False) -> str:
             line += [r.precision, r.recall, r.f1] if r.dataset == d else [None, None, None]
         cells.append(line)
     marks_by_column = [
-        _rank_marks([c[j] for c in cells]) if mark_best else [""] * len(rows) for j in range(len(header) - 1)
+        rank_marks([c[j] for c in cells]) if mark_best else [""] * len(rows) for j in range(len(header) - 1)
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, (r, line) in enumerate(zip(rows, cells)):
-        shown = [_mark(percent(v), marks_by_column[j][i]) for j, v in enumerate(line)]
+        shown = [marked(percent(v), marks_by_column[j][i]) for j, v in enumerate(line)]
         lines.append("| " + " | ".join([r.method.replace("|", "/"), *shown]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -184,6 +190,21 @@ def headline_markdown(metrics: dict, table_average: str = "macro") -> str:
     )
 
 
+def field_figures_markdown(field: dict) -> str:
+    """The field's CE figures as a table whose every row names its labeler and convention."""
+    lines = [
+        "| Figure | F1 (%) | Precision (%) | Recall (%) | Labeler | Uncertain labels |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in field["figures"]:
+        what = f"CE {f['average']}-F1, {'14 observations' if f['labels'] == '14' else '5 observations (CE5)'}"
+        lines.append(
+            f"| {what} | {percent(f['f1'])} | {percent(f['precision'])} | {percent(f['recall'])} "
+            f"| `{f['labeler']}` | {CONVENTION_NOTES[f['uncertain_as']]} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def summary_markdown(metrics: dict, table_average: str = "macro") -> str:
     """summary.md: the Table I row first, then the figures behind it."""
     settings = metrics.get("settings", {})
@@ -196,8 +217,6 @@ def summary_markdown(metrics: dict, table_average: str = "macro") -> str:
     )
     out += ["", "## Table I layout", "", headline_markdown(metrics, table_average)]
     if metrics.get("ce_field"):  # the three F1 figures papers compare on, under both conventions
-        from evaluation.ce_table import field_figures_markdown
-
         out += ["## CE F1 as papers report it", "", field_figures_markdown(metrics["ce_field"])]
     out += [
         "## Every CE average (%)",
