@@ -314,8 +314,6 @@ def run_generation_mode(args: argparse.Namespace) -> int:
     from evaluation.generate import Decoding, generate_split
     from rewards.format import extract_report
 
-    if args.run is None:
-        raise SystemExit("error: choose a mode: --predictions, --compare or --run")
     which = (
         "base" if args.no_adapter else f"step-{args.checkpoint}" if args.checkpoint is not None else "final"
     )

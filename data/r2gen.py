@@ -27,17 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import Dataset
-
 from data.images import ImageLoadError, check_image_header, load_image
 from rewards.vocabulary import NO_FINDING, NUM_OBSERVATIONS, UNCERTAIN
 
 __all__ = [
     "AnnotationError",
-    "ReportDataset",
     "Sample",
     "clean_report",
-    "collate_samples",
     "load_annotation",
     "load_image",
 ]
@@ -360,29 +356,3 @@ def load_annotation(
             examples,
         )
     return samples
-
-
-# ----------------------------------------------------------------------------------------------- dataset
-
-
-class ReportDataset(Dataset):
-    """A torch Dataset of Samples (index -> Sample), for a DistributedSampler and :func:`collate_samples`."""
-
-    def __init__(self, samples: Sequence[Sample]):
-        self.samples = list(samples)
-
-    @classmethod
-    def from_annotation(cls, annotation_path: str | Path, split: str, **options: Any) -> ReportDataset:
-        """Load with :func:`load_annotation` (same keyword options)."""
-        return cls(load_annotation(annotation_path, split, **options))
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> Sample:
-        return self.samples[index]
-
-
-def collate_samples(batch: Sequence[Sample]) -> list[Sample]:
-    """DataLoader ``collate_fn``: keep Samples as a list (images and prompts are built by the processor)."""
-    return list(batch)

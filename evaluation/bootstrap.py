@@ -16,7 +16,7 @@ every (study, label) decision; macro F1 = the mean over labels of the per-label 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +38,6 @@ class PairedDifference:
     n_studies: int
     n_resamples: int
     seed: int
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def _check_binary(name: str, matrix: np.ndarray, shape: tuple[int, ...] | None) -> np.ndarray:

@@ -12,10 +12,9 @@ import logging
 import numpy as np
 import pytest
 from PIL import Image
-from torch.utils.data import DataLoader, DistributedSampler
 
 from data.images import ImageLoadError, load_image
-from data.r2gen import AnnotationError, ReportDataset, Sample, clean_report, collate_samples, load_annotation
+from data.r2gen import AnnotationError, clean_report, load_annotation
 from data.synthetic import generate_world
 
 IU_REPORTS = {
@@ -249,18 +248,6 @@ def test_clean_reports_option_is_applied_only_when_asked(iu_dir):
     assert raw[2].report == IU_REPORTS["train"][2][1]
     assert clean[2].report == "no acute cardiopulmonary abnormality. normal heart size."
     assert clean[1].report == "heart size is enlarged. xxxx opacity in the right lower lobe. no effusion."
-
-
-def test_report_dataset_shards_with_a_distributed_sampler_and_collates_samples(iu_dir):
-    dataset = ReportDataset.from_annotation(iu_dir / "annotation.json", "train")
-    assert len(dataset) == 6 and isinstance(dataset[0], Sample)
-    shards = []
-    for rank in range(2):
-        sampler = DistributedSampler(dataset, num_replicas=2, rank=rank, shuffle=True, seed=0)
-        loader = DataLoader(dataset, batch_size=2, sampler=sampler, collate_fn=collate_samples)
-        shards.append([s.id for batch in loader for s in batch])
-        assert all(isinstance(batch, list) for batch in loader)
-    assert sorted(shards[0] + shards[1]) == sorted(s.id for s in dataset.samples)
 
 
 def test_loads_a_generated_world_with_labels_in_every_split(tmp_path):
