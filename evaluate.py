@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_labeler(args: argparse.Namespace):
-    """The labeler the arguments name (rewards.labelers imports torch only for CheXbert)."""
+    """The labeler the arguments name (rewards.labeling imports torch only for CheXbert)."""
     from rewards.labeling import make_labeler
 
     return make_labeler(

@@ -218,7 +218,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "grpo.aggregation": AGGREGATIONS,  # grpo/loss.py
     "grpo.adv_scale": SCALES,  # grpo/advantages.py
     "optim.eight_bit": ("auto", "on", "off"),
-    "reward.labeler": LABELER_NAMES,  # rewards/labelers.py
+    "reward.labeler": LABELER_NAMES,  # rewards/labeling.py
     "reward.uncertain_as": ("positive", "negative"),
     "log.tensorboard": ("auto", "on", "off"),
     "data.verify_images": ("none", "header", "full"),
