@@ -26,8 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rewards.vocabulary import FINDINGS, NO_FINDING, OBSERVATIONS, binarize  # noqa: E402
 from rewards.rules import RuleLabeler  # noqa: E402
+from rewards.vocabulary import FINDINGS, NO_FINDING, OBSERVATIONS, binarize  # noqa: E402
 
 SPLIT_GROUPS = {"train": ("train",), "val": ("val",), "test": ("test",), "all": ("train", "val", "test")}
 MIN_POSITIVES_FOR_MACRO = 10

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from rewards.combine import PAPER_WEIGHTS, RewardCombiner, RewardOutput
-from rewards.vocabulary import NEGATIVE, OBSERVATIONS, POSITIVE
 from rewards.mccs import mccs_from_codes
+from rewards.vocabulary import NEGATIVE, OBSERVATIONS, POSITIVE
 
 EFFUSION = OBSERVATIONS.index("Pleural Effusion")
 CARDIOMEGALY = OBSERVATIONS.index("Cardiomegaly")

@@ -12,8 +12,8 @@ import yaml
 from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
 
 from data.batching import collate_prompts
-from grpo.config import load_config, to_dict
 from export import PROVENANCE_FILE, main
+from grpo.config import load_config, to_dict
 from model.loading import load_model_and_processor, vision_token_ids
 from model.lora import add_policy_adapter, load_adapter, save_adapter
 from model.processor import load_processor
@@ -118,8 +118,8 @@ def test_auto_processor_loads_the_export(trained_run, tmp_path):
 
 
 def test_generation_config_suppresses_the_non_ascii_tokens_when_the_run_did(tiny_model, tiny_processor):
-    from grpo.config import SamplingConfig
     from export import sampling_generation_config
+    from grpo.config import SamplingConfig
     from model.loading import lm_head_weight, non_ascii_token_ids
 
     tokenizer = tiny_processor.tokenizer

@@ -16,8 +16,8 @@ import torch
 
 from data.batching import collate_prompts
 from data.synthetic import generate_world
-from grpo.config import load_config
 from demo.base import BaseRecipe
+from grpo.config import load_config
 from rewards.format import extract_report
 from rewards.mccs import mccs_from_codes
 from rewards.rules import RuleLabeler

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from rewards.vocabulary import BLANK, NEGATIVE, NO_FINDING, OBSERVATIONS, POSITIVE, UNCERTAIN
 from rewards.mccs import ccs, mccs, mccs_from_codes, signed_vectors
+from rewards.vocabulary import BLANK, NEGATIVE, NO_FINDING, OBSERVATIONS, POSITIVE, UNCERTAIN
 
 
 def codes_row(**by_name):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from rewards import phrases
+from rewards.rules import RuleLabeler, clean_report, phrase_regex
 from rewards.vocabulary import (
     BLANK,
     NEGATIVE,
@@ -16,7 +17,6 @@ from rewards.vocabulary import (
     UNCERTAIN,
     validate_codes,
 )
-from rewards.rules import RuleLabeler, clean_report, phrase_regex
 
 P, N, U, B = POSITIVE, NEGATIVE, UNCERTAIN, BLANK
 
