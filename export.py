@@ -41,11 +41,16 @@ def sampling_generation_config(model, tokenizer, sampling) -> GenerationConfig:
     from model.generation import stop_token_ids
 
     return GenerationConfig(
-        do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
-        max_new_tokens=sampling.max_new_tokens, eos_token_id=stop_token_ids(model, tokenizer),
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        do_sample=True,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        top_k=0,
+        max_new_tokens=sampling.max_new_tokens,
+        eos_token_id=stop_token_ids(model, tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
         suppress_tokens=suppressed_token_ids(tokenizer, lm_head_weight(model).shape[0], sampling.ascii_only),
-    )  # fmt: skip
+    )
 
 
 def checkpoint_dtype(model_path: str | Path) -> str:

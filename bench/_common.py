@@ -93,20 +93,43 @@ def our_config(annotation: Path, tiny: Path, out_dir: Path, s: dict, steps: int,
     """Our TrainConfig for the shared settings ``s`` (see vs_trl.SETTINGS)."""
     from grpo.config import load_config
 
-    return load_config(None, [
-        f"model.path={tiny}", "model.dtype=float32", f"data.annotation={annotation}", f"output_dir={out_dir}",
-        "device=cpu", f"max_steps={steps}", f"seed={s['seed']}",
-        f"sampling.group_size={s['G']}", f"batch.prompts_per_device={s['prompts']}", "batch.grad_accum=1",
-        f"sampling.max_new_tokens={s['new_tokens']}", f"sampling.min_new_tokens={s['new_tokens']}",
-        f"sampling.temperature={s['temperature']}", f"sampling.top_p={s['top_p']}",
-        f"grpo.beta={s['beta']}", f"grpo.eps_low={s['epsilon']}", "grpo.aggregation=sequence",
-        f"grpo.num_iterations={s['num_iterations']}",
-        f"model.lora.rank={s['lora_rank']}", f"model.lora.alpha={s['lora_alpha']}",
-        f"model.lora.dropout={s['lora_dropout']}", f"model.lora.target_regex='{s['lora_target_regex']}'",
-        "model.gradient_checkpointing=false", f"optim.lr={s['lr']}", f"optim.weight_decay={s['weight_decay']}",
-        f"optim.betas=[{s['adam_betas'][0]}, {s['adam_betas'][1]}]", f"optim.grad_clip={s['max_grad_norm']}",
-        "optim.eight_bit='off'", "save_every=100000", "log_every=1", "sample_every=100000", *extra,
-    ])  # fmt: skip
+    return load_config(
+        None,
+        [
+            f"model.path={tiny}",
+            "model.dtype=float32",
+            f"data.annotation={annotation}",
+            f"output_dir={out_dir}",
+            "device=cpu",
+            f"max_steps={steps}",
+            f"seed={s['seed']}",
+            f"sampling.group_size={s['G']}",
+            f"batch.prompts_per_device={s['prompts']}",
+            "batch.grad_accum=1",
+            f"sampling.max_new_tokens={s['new_tokens']}",
+            f"sampling.min_new_tokens={s['new_tokens']}",
+            f"sampling.temperature={s['temperature']}",
+            f"sampling.top_p={s['top_p']}",
+            f"grpo.beta={s['beta']}",
+            f"grpo.eps_low={s['epsilon']}",
+            "grpo.aggregation=sequence",
+            f"grpo.num_iterations={s['num_iterations']}",
+            f"model.lora.rank={s['lora_rank']}",
+            f"model.lora.alpha={s['lora_alpha']}",
+            f"model.lora.dropout={s['lora_dropout']}",
+            f"model.lora.target_regex='{s['lora_target_regex']}'",
+            "model.gradient_checkpointing=false",
+            f"optim.lr={s['lr']}",
+            f"optim.weight_decay={s['weight_decay']}",
+            f"optim.betas=[{s['adam_betas'][0]}, {s['adam_betas'][1]}]",
+            f"optim.grad_clip={s['max_grad_norm']}",
+            "optim.eight_bit='off'",
+            "save_every=100000",
+            "log_every=1",
+            "sample_every=100000",
+            *extra,
+        ],
+    )
 
 
 def current_rss_gb() -> float:

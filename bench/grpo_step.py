@@ -94,16 +94,30 @@ def main() -> None:
         policy = build_random_qwen(tiny, args.size, device=args.device, dtype=dtype)
         if args.gradient_checkpointing:
             policy[0].gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    cfg = load_config(None, [
-        f"model.path={tiny}", f"model.dtype={args.dtype}", f"data.annotation={annotation}",
-        f"output_dir={workdir / 'run'}", f"device={args.device}", f"max_steps={args.steps + 1}",
-        f"sampling.group_size={args.group_size}", f"batch.prompts_per_device={args.batch}",
-        f"sampling.max_new_tokens={args.new_tokens}", f"sampling.min_new_tokens={args.new_tokens}",
-        f"grpo.beta={args.beta}", f"model.lora.rank={args.lora_rank}", f"model.lora.alpha={2 * args.lora_rank}",
-        "model.lora.dropout=0.0", "save_every=100000", "optim.lr=1e-5",
-        *([f"sampling.engine={args.engine}"] if args.engine else []),
-        *(["sampling.compile_decode=true"] if args.compile_decode else []), *args.overrides,
-    ])  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            f"model.path={tiny}",
+            f"model.dtype={args.dtype}",
+            f"data.annotation={annotation}",
+            f"output_dir={workdir / 'run'}",
+            f"device={args.device}",
+            f"max_steps={args.steps + 1}",
+            f"sampling.group_size={args.group_size}",
+            f"batch.prompts_per_device={args.batch}",
+            f"sampling.max_new_tokens={args.new_tokens}",
+            f"sampling.min_new_tokens={args.new_tokens}",
+            f"grpo.beta={args.beta}",
+            f"model.lora.rank={args.lora_rank}",
+            f"model.lora.alpha={2 * args.lora_rank}",
+            "model.lora.dropout=0.0",
+            "save_every=100000",
+            "optim.lr=1e-5",
+            *([f"sampling.engine={args.engine}"] if args.engine else []),
+            *(["sampling.compile_decode=true"] if args.compile_decode else []),
+            *args.overrides,
+        ],
+    )
     (workdir / "run" / "metrics.jsonl").unlink(missing_ok=True)
     t = time.perf_counter()
     trainer = Trainer(cfg, policy=policy)
@@ -117,15 +131,24 @@ def main() -> None:
 
     step = statistics.median(r["step_time_s"] for r in rows)
     figures = {
-        "size": args.size, "engine": cfg.sampling.engine, "device": args.device, "dtype": args.dtype, "parameters": params,
-        "group_size": args.group_size, "studies_per_step": args.batch, "new_tokens": args.new_tokens,
-        "setup_s": round(setup_s, 2), "median_step_s": round(step, 4),
+        "size": args.size,
+        "engine": cfg.sampling.engine,
+        "device": args.device,
+        "dtype": args.dtype,
+        "parameters": params,
+        "group_size": args.group_size,
+        "studies_per_step": args.batch,
+        "new_tokens": args.new_tokens,
+        "setup_s": round(setup_s, 2),
+        "median_step_s": round(step, 4),
         "tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in rows), 1),
         "peak_memory_gb": round(peak_memory_gb(args.device), 3),
-    }  # fmt: skip
-    print(f"\n{args.size} model ({params / 1e6:.1f} M parameters) on {args.device} {args.dtype}, "
-          f"engine {cfg.sampling.engine}: "
-          f"G={args.group_size}, {args.batch} studies/step, {args.new_tokens} new tokens")  # fmt: skip
+    }
+    print(
+        f"\n{args.size} model ({params / 1e6:.1f} M parameters) on {args.device} {args.dtype}, "
+        f"engine {cfg.sampling.engine}: "
+        f"G={args.group_size}, {args.batch} studies/step, {args.new_tokens} new tokens"
+    )
     print(f"{'phase':<18}{'median s':>10}{'share':>8}")
     for phase in PHASES:
         value = statistics.median(r.get(phase, 0.0) for r in rows)

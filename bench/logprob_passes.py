@@ -68,13 +68,25 @@ def main() -> None:
         from random_qwen import build_random_qwen
 
         policy = build_random_qwen(tiny, args.size, device=args.device, dtype=getattr(torch, args.dtype))
-    cfg = load_config(None, [
-        f"model.path={tiny}", f"model.dtype={args.dtype}", f"data.annotation={annotation}",
-        f"output_dir={Path(args.workdir) / 'passes'}", f"device={args.device}", "max_steps=1",
-        f"sampling.group_size={args.group_size}", f"batch.prompts_per_device={args.batch}",
-        f"sampling.max_new_tokens={args.new_tokens}", f"sampling.min_new_tokens={args.new_tokens}",
-        "model.lora.rank=8", "model.lora.alpha=16", "model.lora.dropout=0.0", "save_every=100000",
-    ])  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            f"model.path={tiny}",
+            f"model.dtype={args.dtype}",
+            f"data.annotation={annotation}",
+            f"output_dir={Path(args.workdir) / 'passes'}",
+            f"device={args.device}",
+            "max_steps=1",
+            f"sampling.group_size={args.group_size}",
+            f"batch.prompts_per_device={args.batch}",
+            f"sampling.max_new_tokens={args.new_tokens}",
+            f"sampling.min_new_tokens={args.new_tokens}",
+            "model.lora.rank=8",
+            "model.lora.alpha=16",
+            "model.lora.dropout=0.0",
+            "save_every=100000",
+        ],
+    )
     trainer = Trainer(cfg, policy=policy, overwrite=True)
     with torch.no_grad():  # an adapter away from zero, so the policy differs from the reference
         for p in trainer.params:
@@ -94,8 +106,10 @@ def main() -> None:
     mask = ro.completion_mask
     gap = (logps[True] - logps[False]).float()[mask].abs().max().item()
     rows, prompt_len = mask.shape[0], ro.prompt_len
-    print(f"\n{args.size} model on {args.device} {args.dtype}: {args.batch} prompts of {prompt_len} tokens "
-          f"(padded), G = {args.group_size}, {ro.completion_ids.shape[1]} new tokens, {rows} rows")  # fmt: skip
+    print(
+        f"\n{args.size} model on {args.device} {args.dtype}: {args.batch} prompts of {prompt_len} tokens "
+        f"(padded), G = {args.group_size}, {ro.completion_ids.shape[1]} new tokens, {rows} rows"
+    )
     print(f"{'pass':<26}{'full rows s':>12}{'prompt once s':>15}{'ratio':>8}")
     for index, name in enumerate(("policy + backward", "reference (no gradient)")):
         full = statistics.median(t[index] for t in times[False])

@@ -29,7 +29,7 @@ SIZES = {
         ),
         vocab=152064,
         fullatt=[7, 15, 23, 31],
-    ),  # fmt: skip
+    ),
     # tens of millions of parameters with Qwen's real vocabulary (the output head is most of them)
     "small": dict(
         sizes=TinySizes(
@@ -46,7 +46,7 @@ SIZES = {
         ),
         vocab=151936,
         fullatt=[1],
-    ),  # fmt: skip
+    ),
 }
 
 

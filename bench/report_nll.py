@@ -88,8 +88,9 @@ def main(argv: list[str] | None = None) -> None:
 
     cfg = load_config(args.run / "config.yaml")
     m = cfg.model
-    model, processor = load_model_and_processor(m.path, device="cpu", dtype="float32",
-                                                min_pixels=m.min_pixels, max_pixels=m.max_pixels)  # fmt: skip
+    model, processor = load_model_and_processor(
+        m.path, device="cpu", dtype="float32", min_pixels=m.min_pixels, max_pixels=m.max_pixels
+    )
     adapter = resolve_adapter(args.run, None, args.no_adapter)
     if adapter is not None:
         model = load_adapter(model, adapter, is_trainable=False).merge_and_unload()

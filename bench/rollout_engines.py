@@ -67,10 +67,13 @@ def main() -> None:
     pixels = prompts.pop("pixel_values")
     images = encode_images(model, pixels, prompts["image_grid_thw"])
     params = SamplingParams(
-        max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-        stop_ids=tuple(stop_token_ids(model, processor.tokenizer)), pad_id=processor.tokenizer.pad_token_id,
-        suppress_ids=tuple(vision_token_ids(processor)), num_samples=args.group_size,
-    )  # fmt: skip
+        max_new_tokens=args.new_tokens,
+        min_new_tokens=args.new_tokens,
+        stop_ids=tuple(stop_token_ids(model, processor.tokenizer)),
+        pad_id=processor.tokenizer.pad_token_id,
+        suppress_ids=tuple(vision_token_ids(processor)),
+        num_samples=args.group_size,
+    )
     engines = {name: make_engine(name, compile_decode=args.compile_decode) for name in ("hf", "static")}
     times: dict[str, list[float]] = {name: [] for name in engines}
     for rep in range(args.reps + 1):
@@ -83,12 +86,16 @@ def main() -> None:
                 times[name].append(time.perf_counter() - t)
             assert out.tokens.shape == (args.batch * args.group_size, args.new_tokens)
     rows = args.batch * args.group_size
-    print(f"\n{args.size} on {args.device} {args.dtype}: {args.batch} prompts x G={args.group_size}, "
-          f"{args.new_tokens} new tokens, LoRA r{args.lora_rank}, median of {args.reps} interleaved calls")  # fmt: skip
+    print(
+        f"\n{args.size} on {args.device} {args.dtype}: {args.batch} prompts x G={args.group_size}, "
+        f"{args.new_tokens} new tokens, LoRA r{args.lora_rank}, median of {args.reps} interleaved calls"
+    )
     ms = {name: statistics.median(values) / args.new_tokens * 1e3 for name, values in times.items()}
     for name in engines:
-        print(f"  {name:<7} {statistics.median(times[name]):8.3f} s per call  {ms[name]:8.2f} ms per new token "
-              f"({rows} rows)")  # fmt: skip
+        print(
+            f"  {name:<7} {statistics.median(times[name]):8.3f} s per call  {ms[name]:8.2f} ms per new token "
+            f"({rows} rows)"
+        )
     print(f"speedup_static_over_hf={ms['hf'] / ms['static']:.2f}")
 
 

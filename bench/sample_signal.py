@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from evaluation.generate import Decoding, generate_split  # noqa: E402
 from rewards.format import extract_report  # noqa: E402
-from rewards.vocabulary import OBSERVATIONS, POSITIVE  # noqa: E402
 from rewards.rules import RuleLabeler  # noqa: E402
+from rewards.vocabulary import OBSERVATIONS, POSITIVE  # noqa: E402
 
 
 def stated_rates(stated: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -61,8 +61,13 @@ def main(argv: list[str] | None = None) -> None:
         for round_ in range(args.k):
             torch.manual_seed(args.seed + round_)
             decoding = Decoding(do_sample=True, temperature=args.temperature, batch_size=args.gen_batch_size)
-            rows += generate_split(args.run, args.split, Path(scratch) / f"round-{round_}",
-                                   no_adapter=args.no_adapter, decoding=decoding)  # fmt: skip
+            rows += generate_split(
+                args.run,
+                args.split,
+                Path(scratch) / f"round-{round_}",
+                no_adapter=args.no_adapter,
+                decoding=decoding,
+            )
     if any(row["labels"] is None for row in rows):
         sys.exit(f"{args.run}: the {args.split} split has no true labels (only the synthetic world has them)")
     stated = RuleLabeler().label([extract_report(row["generated"]) for row in rows]) == POSITIVE

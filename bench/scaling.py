@@ -90,8 +90,9 @@ def run_point(workdir: Path, point: dict, warmup: int, steps: int) -> dict:
     policy = build_policy(tiny, "tiny", vocab=vocab)
     s = {**FIXED, **point, "lora_target_regex": DEFAULT_TARGET_REGEX}
     with tempfile.TemporaryDirectory(dir=workdir) as out:
-        trainer = Trainer(our_config(annotation, tiny, Path(out), s, warmup + steps), reward_fn=make_reward(),
-                          policy=policy)  # fmt: skip
+        trainer = Trainer(
+            our_config(annotation, tiny, Path(out), s, warmup + steps), reward_fn=make_reward(), policy=policy
+        )
         rss_before = current_rss_gb()
         trainer.train()
         rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()][warmup:]
@@ -125,8 +126,10 @@ def print_sweep(name: str, xs: list[int], results: list[dict]) -> None:
         )
     exps = "".join(f"{exponent(xs, [r[c] for r in results]):>15.2f}" for c in cols)
     growth = [r["peak_rss_gb"] - r["rss_before_train_gb"] for r in results]
-    print(f"{'exponent':>10}{exps}{exponent(xs, [r['peak_rss_gb'] for r in results]):>13.2f}"
-          f"{exponent(xs, growth) if min(growth) > 0 else float('nan'):>12.2f}")  # fmt: skip
+    print(
+        f"{'exponent':>10}{exps}{exponent(xs, [r['peak_rss_gb'] for r in results]):>13.2f}"
+        f"{exponent(xs, growth) if min(growth) > 0 else float('nan'):>12.2f}"
+    )
 
 
 def plot(all_results: dict, path: Path) -> None:
@@ -145,8 +148,14 @@ def plot(all_results: dict, path: Path) -> None:
         ax.set_ylabel("seconds (median per step)")
         ax.grid(True, which="both", alpha=0.3)
         mem = ax.twinx()
-        mem.plot(xs, [r["peak_rss_gb"] for r in results], color="black", linestyle="--", marker="s",
-                 label="peak RSS")  # fmt: skip
+        mem.plot(
+            xs,
+            [r["peak_rss_gb"] for r in results],
+            color="black",
+            linestyle="--",
+            marker="s",
+            label="peak RSS",
+        )
         mem.set_ylabel("peak RSS (GB)")
         handles = ax.get_legend_handles_labels()[0] + mem.get_legend_handles_labels()[0]
         ax.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper left")
@@ -162,8 +171,11 @@ def measure_point(point: str, steps: int, workdir: Path, tries: int = 3) -> dict
         out = run_worker(
             Path(__file__), ["--worker", point, "--steps", str(steps), "--workdir", str(workdir)]
         )
-        print(f"  {point}: step {out['step_s']:.3f} s, peak RSS {out['peak_rss_gb']:.2f} GB, "
-              f"other processes used {out['foreign_cpu_frac']:.0%} of the CPU", flush=True)  # fmt: skip
+        print(
+            f"  {point}: step {out['step_s']:.3f} s, peak RSS {out['peak_rss_gb']:.2f} GB, "
+            f"other processes used {out['foreign_cpu_frac']:.0%} of the CPU",
+            flush=True,
+        )
         if best is None or out["foreign_cpu_frac"] < best["foreign_cpu_frac"]:
             best = out
         if out["foreign_cpu_frac"] <= CONTENDED:
@@ -210,8 +222,9 @@ def main() -> None:
     path = Path(args.plot) if args.plot else workdir / "scaling.png"
     plot(all_results, path)
     if args.json:
-        Path(args.json).write_text(json.dumps({k: dict(zip(map(str, xs), rs)) for k, (xs, rs) in all_results.items()},
-                                              indent=2))  # fmt: skip
+        Path(args.json).write_text(
+            json.dumps({k: dict(zip(map(str, xs), rs)) for k, (xs, rs) in all_results.items()}, indent=2)
+        )
     print(f"\nplot: {path}\ntotal wall time {time.perf_counter() - t:.0f} s")
 
 

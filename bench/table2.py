@@ -64,8 +64,8 @@ def run(cmd: list[str], log_file: Path) -> None:
 def train(run_dir: Path, overrides: list[str]) -> None:
     if (run_dir / "final_adapter").is_dir():
         return
-    run([sys.executable, "train.py", "--config", str(DEMO), "--resume", "auto", f"output_dir={run_dir}", *overrides],
-        run_dir.with_suffix(".train.log"))  # fmt: skip
+    cmd = [sys.executable, "train.py", "--config", str(DEMO), "--resume", "auto", f"output_dir={run_dir}"]
+    run([*cmd, *overrides], run_dir.with_suffix(".train.log"))
 
 
 def evaluate(run_dir: Path, eval_dir: Path, no_adapter: bool = False) -> dict:
@@ -73,8 +73,17 @@ def evaluate(run_dir: Path, eval_dir: Path, no_adapter: bool = False) -> dict:
     returns its truth-based CE micro- and macro-F1 over the 14 observations."""
     metrics_file = eval_dir / "metrics.json"
     if not metrics_file.is_file():
-        cmd = [sys.executable, "evaluate.py", "--run", str(run_dir), "--split", "test", "--out", str(eval_dir),
-               "--no-nlg", "--no-plots", "--gen-batch-size", "40"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "evaluate.py",
+            "--run",
+            str(run_dir),
+            "--split",
+            "test",
+            "--out",
+            str(eval_dir),
+        ]
+        cmd += ["--no-nlg", "--no-plots", "--gen-batch-size", "40"]
         if no_adapter:
             cmd.append("--no-adapter")
         run(cmd, eval_dir.with_suffix(".eval.log"))
@@ -102,8 +111,15 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
 
     # The demo's assets (world, base model) once, before the parallel runs.
-    run([sys.executable, "-c", "import train; from grpo.config import load_config; "
-         f"train.prepare_assets(load_config({str(DEMO)!r}), True)"], out / "assets.log")  # fmt: skip
+    run(
+        [
+            sys.executable,
+            "-c",
+            "import train; from grpo.config import load_config; "
+            f"train.prepare_assets(load_config({str(DEMO)!r}), True)",
+        ],
+        out / "assets.log",
+    )
 
     def sft_then_rows(seed: int) -> list[tuple[str, Path, Path, bool]]:
         seed_dir = out / f"seed-{seed}"
@@ -119,8 +135,15 @@ def main(argv: list[str] | None = None) -> None:
         run_dir = seed_dir / slug(name)
         adapter = seed_dir / "sft" / "final_adapter"
         weights_text = "{" + ", ".join(f"{k}: {v}" for k, v in weights.items()) + "}"
-        train(run_dir, [f"seed={seed}", f"max_steps={grpo_steps}", f"model.init_adapter={adapter}",
-                        f"reward.weights={weights_text}"])  # fmt: skip
+        train(
+            run_dir,
+            [
+                f"seed={seed}",
+                f"max_steps={grpo_steps}",
+                f"model.init_adapter={adapter}",
+                f"reward.weights={weights_text}",
+            ],
+        )
         return (name, run_dir, seed_dir / f"eval-{slug(name)}", False)
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -139,9 +162,22 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "table2.md").write_text(report + "\n", encoding="utf-8")
     runs = [{"row": name, "eval_dir": str(path), **score} for name, path, score in scores]
-    (out / "table2.json").write_text(json.dumps({"summary": table, "runs": runs, "seeds": args.seeds,
-                                                 "sft_steps": sft_steps, "sft_lr": sft_lr, "grpo_steps": grpo_steps,
-                                                 "quick": args.quick, "wall_s": elapsed}, indent=2) + "\n")  # fmt: skip
+    (out / "table2.json").write_text(
+        json.dumps(
+            {
+                "summary": table,
+                "runs": runs,
+                "seeds": args.seeds,
+                "sft_steps": sft_steps,
+                "sft_lr": sft_lr,
+                "grpo_steps": grpo_steps,
+                "quick": args.quick,
+                "wall_s": elapsed,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     plot(table, out / "table2.png")
 
 
@@ -152,8 +188,11 @@ def summarise(rows: list[str], scores: list[tuple[str, Path, dict]]) -> dict[str
         table[row] = {"n": len(values)}
         for key in ("micro_f1", "macro_f1"):
             figures = np.array([v[key] for v in values]) * 100
-            table[row][key] = {"mean": float(figures.mean()), "std": float(figures.std(ddof=1)) if len(figures) > 1
-                               else 0.0, "values": [float(f) for f in figures]}  # fmt: skip
+            table[row][key] = {
+                "mean": float(figures.mean()),
+                "std": float(figures.std(ddof=1)) if len(figures) > 1 else 0.0,
+                "values": [float(f) for f in figures],
+            }
     return table
 
 
@@ -180,14 +219,24 @@ def format_table(table: dict, args, sft_steps: int, sft_lr: float, grpo_steps: i
     for row, figures in table.items():
         label = row if row in ("base", "SFT") else f"SFT + GRPO, {row}"
         micro, macro = figures["micro_f1"], figures["macro_f1"]
-        lines.append(f"| {label} | {micro['mean']:.2f} ± {micro['std']:.2f} | {macro['mean']:.2f} ± "
-                     f"{macro['std']:.2f} | {figures['n']} |")  # fmt: skip
+        lines.append(
+            f"| {label} | {micro['mean']:.2f} ± {micro['std']:.2f} | {macro['mean']:.2f} ± "
+            f"{macro['std']:.2f} | {figures['n']} |"
+        )
     sft = table["SFT"]["micro_f1"]
     best = table["MCCS + format"]["micro_f1"]
-    lines += ["", f"MCCS + format - SFT: {best['mean'] - sft['mean']:+.2f} points of micro-F1 "
-              f"(2 x seed std of MCCS + format: {2 * best['std']:.2f})."]  # fmt: skip
-    lines.append("GRPO rows at least SFT's mean: " + ", ".join(
-        f"{row} {'yes' if table[row]['micro_f1']['mean'] >= sft['mean'] else 'NO'}" for row, _ in GRPO_ROWS))  # fmt: skip
+    lines += [
+        "",
+        f"MCCS + format - SFT: {best['mean'] - sft['mean']:+.2f} points of micro-F1 "
+        f"(2 x seed std of MCCS + format: {2 * best['std']:.2f}).",
+    ]
+    lines.append(
+        "GRPO rows at least SFT's mean: "
+        + ", ".join(
+            f"{row} {'yes' if table[row]['micro_f1']['mean'] >= sft['mean'] else 'NO'}"
+            for row, _ in GRPO_ROWS
+        )
+    )
     lines += ["", "The paper's ordering (MCCS + format > MCCS > CE-F1 > NLG > SFT), micro-F1:"]
     lines += [f"- {v}" for v in ordering_holds(table)]
     lines.append(f"\nwall time {elapsed / 60:.1f} min")

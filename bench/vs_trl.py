@@ -111,9 +111,12 @@ def run_ours(workdir: Path, size: str, warmup: int, steps: int, engine: str = "s
         trainer.close()
     rows = rows[warmup:]
     phases = {
-        "generate": "time/generate", "reward": "time/reward", "ref log-probs": "time/logprob_ref",
-        "policy fwd+bwd": "time/train", "optimizer": "time/optim",
-    }  # fmt: skip
+        "generate": "time/generate",
+        "reward": "time/reward",
+        "ref log-probs": "time/logprob_ref",
+        "policy fwd+bwd": "time/train",
+        "optimizer": "time/optim",
+    }
     return {
         "step_s": [r["step_time_s"] for r in rows],
         "phases": {name: [r[key] for r in rows] for name, key in phases.items()},
@@ -139,10 +142,14 @@ def trl_dataset(annotation: Path):
     rows = []
     for sample in samples:
         (image,) = load_images(sample.image_paths)
-        rows.append({
-            "prompt": build_messages(1, PromptConfig()), "image": image,
-            "report": sample.report, "study_id": sample.study_id,
-        })  # fmt: skip
+        rows.append(
+            {
+                "prompt": build_messages(1, PromptConfig()),
+                "image": image,
+                "report": sample.report,
+                "study_id": sample.study_id,
+            }
+        )
     return Dataset.from_list(rows)
 
 
@@ -208,25 +215,60 @@ def run_trl(workdir: Path, size: str, warmup: int, steps: int) -> dict:
     n = s["G"] * s["prompts"]
     with tempfile.TemporaryDirectory(dir=workdir) as out:
         args = GRPOConfig(
-            output_dir=out, use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
-            per_device_train_batch_size=n, num_generations=s["G"], gradient_accumulation_steps=1,
-            steps_per_generation=1, max_completion_length=s["new_tokens"],
-            generation_kwargs={"min_new_tokens": s["new_tokens"], "suppress_tokens": vision_token_ids(processor)},
-            temperature=s["temperature"], top_p=s["top_p"], top_k=0,
-            beta=s["beta"], epsilon=s["epsilon"], num_iterations=s["num_iterations"], loss_type="grpo",
-            scale_rewards="group", learning_rate=s["lr"], lr_scheduler_type="cosine", warmup_steps=0.1,
-            weight_decay=s["weight_decay"], adam_beta1=s["adam_betas"][0], adam_beta2=s["adam_betas"][1],
-            max_grad_norm=s["max_grad_norm"], max_steps=warmup + steps, logging_steps=1, save_strategy="no",
-            report_to="none", seed=s["seed"], disable_dropout=True, dataloader_num_workers=0,
-        )  # fmt: skip
+            output_dir=out,
+            use_cpu=True,
+            bf16=False,
+            fp16=False,
+            gradient_checkpointing=False,
+            per_device_train_batch_size=n,
+            num_generations=s["G"],
+            gradient_accumulation_steps=1,
+            steps_per_generation=1,
+            max_completion_length=s["new_tokens"],
+            generation_kwargs={
+                "min_new_tokens": s["new_tokens"],
+                "suppress_tokens": vision_token_ids(processor),
+            },
+            temperature=s["temperature"],
+            top_p=s["top_p"],
+            top_k=0,
+            beta=s["beta"],
+            epsilon=s["epsilon"],
+            num_iterations=s["num_iterations"],
+            loss_type="grpo",
+            scale_rewards="group",
+            learning_rate=s["lr"],
+            lr_scheduler_type="cosine",
+            warmup_steps=0.1,
+            weight_decay=s["weight_decay"],
+            adam_beta1=s["adam_betas"][0],
+            adam_beta2=s["adam_betas"][1],
+            max_grad_norm=s["max_grad_norm"],
+            max_steps=warmup + steps,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            seed=s["seed"],
+            disable_dropout=True,
+            dataloader_num_workers=0,
+        )
         peft_config = LoraConfig(
-            r=s["lora_rank"], lora_alpha=s["lora_alpha"], lora_dropout=s["lora_dropout"],
-            target_modules=s["lora_target_regex"], bias="none", task_type="CAUSAL_LM",
-        )  # fmt: skip
+            r=s["lora_rank"],
+            lora_alpha=s["lora_alpha"],
+            lora_dropout=s["lora_dropout"],
+            target_modules=s["lora_target_regex"],
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
         trainer = GRPOTrainer(
-            model=model, reward_funcs=reward_func, args=args, train_dataset=trl_dataset(annotation),
-            processing_class=processor, peft_config=peft_config, callbacks=[StepTimer()],
-        )  # fmt: skip
+            model=model,
+            reward_funcs=reward_func,
+            args=args,
+            train_dataset=trl_dataset(annotation),
+            processing_class=processor,
+            peft_config=peft_config,
+            callbacks=[StepTimer()],
+        )
         clock.wrap(trainer, "_generate", "generate")
         clock.wrap(trainer, "_calculate_rewards", "reward")
         clock.wrap(trainer, "_generate_and_score_completions", "rollout")
@@ -296,21 +338,25 @@ def measure_size(size: str, reps: int, warmup: int, workdir: Path, engine: str =
     for rep in range(reps):
         for side in ("ours", "trl"):
             t = time.perf_counter()
-            out = run_worker(Path(__file__), [
-                "--worker", side, "--size", size, "--warmup", str(warmup), "--steps", str(steps),
-                "--workdir", str(workdir), "--engine", engine,
-            ])  # fmt: skip
+            flags = ["--worker", side, "--size", size, "--warmup", str(warmup), "--steps", str(steps)]
+            out = run_worker(Path(__file__), [*flags, "--workdir", str(workdir), "--engine", engine])
             results[side].append(out)
-            print(f"  {size} rep {rep + 1}/{reps} {side:<4}: median step {median(out['step_s']):.3f} s, "
-                  f"peak RSS {out['peak_rss_gb']:.2f} GB  ({time.perf_counter() - t:.0f} s wall, "
-                  f"other processes used {out['foreign_cpu_frac']:.0%} of the CPU)", flush=True)  # fmt: skip
+            print(
+                f"  {size} rep {rep + 1}/{reps} {side:<4}: median step {median(out['step_s']):.3f} s, "
+                f"peak RSS {out['peak_rss_gb']:.2f} GB  ({time.perf_counter() - t:.0f} s wall, "
+                f"other processes used {out['foreign_cpu_frac']:.0%} of the CPU)",
+                flush=True,
+            )
     return results
 
 
 def summarize(size: str, results: dict) -> tuple[float, float]:
     kept = {side: uncontended(runs) for side, runs in results.items()}
-    notes = [f"{side}: {len(runs) - len(kept[side][0])} of {len(runs)} runs left out (contended)"
-             for side, runs in results.items() if kept[side][1] and len(kept[side][0]) < len(runs)]  # fmt: skip
+    notes = [
+        f"{side}: {len(runs) - len(kept[side][0])} of {len(runs)} runs left out (contended)"
+        for side, runs in results.items()
+        if kept[side][1] and len(kept[side][0]) < len(runs)
+    ]
     notes += [
         f"{side}: every run was contended, figures are unreliable" for side in results if not kept[side][1]
     ]
@@ -338,12 +384,16 @@ def summarize(size: str, results: dict) -> tuple[float, float]:
     print(f"{'peak RSS GB':<22}{peak['ours']:>10.3f}{peak['trl']:>10.3f}{peak['trl'] / peak['ours']:>10.2f}")
     print(f"{'RSS before train GB':<22}{base['ours']:>10.3f}{base['trl']:>10.3f}")
     grow = {side: peak[side] - base[side] for side in results}
-    print(f"{'train + (peak-before)':<22}{grow['ours']:>10.3f}{grow['trl']:>10.3f}"
-          f"{grow['trl'] / grow['ours'] if grow['ours'] > 0 else float('nan'):>10.2f}")  # fmt: skip
+    print(
+        f"{'train + (peak-before)':<22}{grow['ours']:>10.3f}{grow['trl']:>10.3f}"
+        f"{grow['trl'] / grow['ours'] if grow['ours'] > 0 else float('nan'):>10.2f}"
+    )
     for note in notes:
         print(f"note: {note} (other processes used > {CONTENDED:.0%} of the CPU)")
-    print(f"per-repetition medians (s): ours {[round(median(r['step_s']), 3) for r in results['ours']]}, "
-          f"TRL {[round(median(r['step_s']), 3) for r in results['trl']]}")  # fmt: skip
+    print(
+        f"per-repetition medians (s): ours {[round(median(r['step_s']), 3) for r in results['ours']]}, "
+        f"TRL {[round(median(r['step_s']), 3) for r in results['trl']]}"
+    )
     return step["trl"] / step["ours"], peak["trl"] / peak["ours"]
 
 
@@ -389,8 +439,10 @@ def main() -> None:
     import trl
 
     prepare_workdir(workdir)  # once, before any timed process
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, "
-          f"{torch.get_num_threads()} threads; equal settings on both sides:")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, "
+        f"{torch.get_num_threads()} threads; equal settings on both sides:"
+    )
     for key, value in settings().items():
         print(f"  {key} = {value}")
     print(f"  timed steps per process = {STEPS}, warm-up steps = {args.warmup}, repetitions = {args.reps}")

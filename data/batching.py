@@ -75,9 +75,13 @@ def collate_prompts(
     global _first_batch_logged
     if not _first_batch_logged:
         _first_batch_logged = True
-        log.info("first batch: visual tokens per image %s (image size in pixels bounded to [%d, %d] by "
-                 "model.min_pixels / model.max_pixels)", visual_tokens_per_image(processor, batch),
-                 processor.image_processor.size["shortest_edge"], processor.image_processor.size["longest_edge"])  # fmt: skip
+        log.info(
+            "first batch: visual tokens per image %s (image size in pixels bounded to [%d, %d] by "
+            "model.min_pixels / model.max_pixels)",
+            visual_tokens_per_image(processor, batch),
+            processor.image_processor.size["shortest_edge"],
+            processor.image_processor.size["longest_edge"],
+        )
     return batch
 
 

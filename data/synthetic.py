@@ -188,74 +188,167 @@ def sample_study(rng: np.random.Generator, study_id: str) -> Study:
 # ------------------------------------------------------------------------------------------- the report
 
 _POSITIVE = {
-    CARDIO: ["The heart is enlarged.", "{Degree} cardiomegaly.", "There is {degree} cardiomegaly.",
-             "The cardiac silhouette is enlarged.", "Cardiomegaly is present.", "The heart is {degree}ly enlarged."],
-    ECM: ["The mediastinum is widened.", "The cardiomediastinal silhouette is enlarged.",
-          "There is widening of the mediastinum.", "The mediastinal contour is widened."],
-    OPACITY: ["There is {patchy} opacity {where}.", "{Patchy} airspace opacity {where}.",
-              "Focal opacity is noted {where}.", "Increased opacity {where}."],
-    LESION: ["There is a {cm} cm {lesion} {where}.", "A {cm} cm {lesion} is seen {where}.",
-             "{Lesion} {where} measuring {cm} cm."],
-    EDEMA: ["{Degree} pulmonary edema.", "There is {degree} interstitial edema.",
-            "Findings of {degree} pulmonary edema.", "{Degree} bilateral perihilar edema."],
-    CONSOL: ["There is consolidation {where}.", "Focal consolidation {where}.", "{Lobe} consolidation.",
-             "Dense consolidation is present {where}."],
+    CARDIO: [
+        "The heart is enlarged.",
+        "{Degree} cardiomegaly.",
+        "There is {degree} cardiomegaly.",
+        "The cardiac silhouette is enlarged.",
+        "Cardiomegaly is present.",
+        "The heart is {degree}ly enlarged.",
+    ],
+    ECM: [
+        "The mediastinum is widened.",
+        "The cardiomediastinal silhouette is enlarged.",
+        "There is widening of the mediastinum.",
+        "The mediastinal contour is widened.",
+    ],
+    OPACITY: [
+        "There is {patchy} opacity {where}.",
+        "{Patchy} airspace opacity {where}.",
+        "Focal opacity is noted {where}.",
+        "Increased opacity {where}.",
+    ],
+    LESION: [
+        "There is a {cm} cm {lesion} {where}.",
+        "A {cm} cm {lesion} is seen {where}.",
+        "{Lesion} {where} measuring {cm} cm.",
+    ],
+    EDEMA: [
+        "{Degree} pulmonary edema.",
+        "There is {degree} interstitial edema.",
+        "Findings of {degree} pulmonary edema.",
+        "{Degree} bilateral perihilar edema.",
+    ],
+    CONSOL: [
+        "There is consolidation {where}.",
+        "Focal consolidation {where}.",
+        "{Lobe} consolidation.",
+        "Dense consolidation is present {where}.",
+    ],
     PNA: ["{Lobe} pneumonia.", "There is {lobe} pneumonia.", "Findings of {lobe} pneumonia."],
-    ATEL: ["{Degree} atelectasis {where}.", "There is subsegmental atelectasis {where}.",
-           "Atelectasis is present {where}."],
-    PTX: ["{Size} {side} pneumothorax.", "There is a {size} {side} apical pneumothorax.",
-          "{Size} {side}-sided pneumothorax is present."],
-    EFF: ["{Size} {side} pleural {effusion}.", "There {is_are} {a_size} {side} pleural {effusion}.",
-          "{Size} {side} {effusion} {is_are} present."],
-    PLEURAL_OTHER: ["{Side} apical pleural thickening.", "There is {side} pleural thickening.",
-                    "Mild pleural thickening along the {side} chest wall."],
-    FX: ["Acute fracture of the {side} {rib} rib.", "There is a displaced {side} {rib} rib fracture.",
-         "{Side} {rib} rib fracture."],
-}  # fmt: skip
+    ATEL: [
+        "{Degree} atelectasis {where}.",
+        "There is subsegmental atelectasis {where}.",
+        "Atelectasis is present {where}.",
+    ],
+    PTX: [
+        "{Size} {side} pneumothorax.",
+        "There is a {size} {side} apical pneumothorax.",
+        "{Size} {side}-sided pneumothorax is present.",
+    ],
+    EFF: [
+        "{Size} {side} pleural {effusion}.",
+        "There {is_are} {a_size} {side} pleural {effusion}.",
+        "{Size} {side} {effusion} {is_are} present.",
+    ],
+    PLEURAL_OTHER: [
+        "{Side} apical pleural thickening.",
+        "There is {side} pleural thickening.",
+        "Mild pleural thickening along the {side} chest wall.",
+    ],
+    FX: [
+        "Acute fracture of the {side} {rib} rib.",
+        "There is a displaced {side} {rib} rib fracture.",
+        "{Side} {rib} rib fracture.",
+    ],
+}
 _HEDGED = {
-    CARDIO: ["Borderline cardiomegaly.", "The heart may be mildly enlarged.", "Possible mild cardiomegaly.",
-             "The cardiac silhouette is possibly enlarged."],
-    ECM: ["The mediastinum may be mildly widened.", "Possible widening of the mediastinum.",
-          "The mediastinal contour is questionably widened."],
-    OPACITY: ["Possible faint opacity {where}.", "Questionable opacity {where}.",
-              "There may be a subtle opacity {where}."],
-    LESION: ["Possible small nodule {where}.", "A questionable nodule is seen {where}.",
-             "A small nodule {where} cannot be excluded."],
-    EDEMA: ["Mild pulmonary vascular congestion.", "Possible mild interstitial edema.",
-            "Mild edema cannot be excluded.", "Findings may represent mild pulmonary edema."],
-    CONSOL: ["Possible consolidation {where}.", "Questionable early consolidation {where}.",
-             "Consolidation {where} cannot be excluded."],
-    PNA: ["Findings may represent pneumonia.", "Possible {lobe} pneumonia.", "Pneumonia cannot be excluded.",
-          "Early pneumonia {where} is not excluded."],
-    ATEL: ["Possible atelectasis {where}.", "Probable subsegmental atelectasis {where}.",
-           "Questionable atelectasis {where}."],
-    PTX: ["Possible tiny {side} apical pneumothorax.", "A small {side} pneumothorax cannot be excluded.",
-          "Questionable {side} apical pneumothorax."],
-    EFF: ["Possible small {side} pleural {effusion}.",
-          "Blunting of the {side} costophrenic {angle} may reflect a small {effusion}.",
-          "Trace {side} pleural {effusion} {is_are} not excluded."],
+    CARDIO: [
+        "Borderline cardiomegaly.",
+        "The heart may be mildly enlarged.",
+        "Possible mild cardiomegaly.",
+        "The cardiac silhouette is possibly enlarged.",
+    ],
+    ECM: [
+        "The mediastinum may be mildly widened.",
+        "Possible widening of the mediastinum.",
+        "The mediastinal contour is questionably widened.",
+    ],
+    OPACITY: [
+        "Possible faint opacity {where}.",
+        "Questionable opacity {where}.",
+        "There may be a subtle opacity {where}.",
+    ],
+    LESION: [
+        "Possible small nodule {where}.",
+        "A questionable nodule is seen {where}.",
+        "A small nodule {where} cannot be excluded.",
+    ],
+    EDEMA: [
+        "Mild pulmonary vascular congestion.",
+        "Possible mild interstitial edema.",
+        "Mild edema cannot be excluded.",
+        "Findings may represent mild pulmonary edema.",
+    ],
+    CONSOL: [
+        "Possible consolidation {where}.",
+        "Questionable early consolidation {where}.",
+        "Consolidation {where} cannot be excluded.",
+    ],
+    PNA: [
+        "Findings may represent pneumonia.",
+        "Possible {lobe} pneumonia.",
+        "Pneumonia cannot be excluded.",
+        "Early pneumonia {where} is not excluded.",
+    ],
+    ATEL: [
+        "Possible atelectasis {where}.",
+        "Probable subsegmental atelectasis {where}.",
+        "Questionable atelectasis {where}.",
+    ],
+    PTX: [
+        "Possible tiny {side} apical pneumothorax.",
+        "A small {side} pneumothorax cannot be excluded.",
+        "Questionable {side} apical pneumothorax.",
+    ],
+    EFF: [
+        "Possible small {side} pleural {effusion}.",
+        "Blunting of the {side} costophrenic {angle} may reflect a small {effusion}.",
+        "Trace {side} pleural {effusion} {is_are} not excluded.",
+    ],
     PLEURAL_OTHER: ["Possible {side} pleural thickening.", "Questionable {side} apical pleural thickening."],
-    FX: ["Possible nondisplaced fracture of the {side} {rib} rib.", "Questionable {side} {rib} rib fracture.",
-         "A subtle {side} rib fracture cannot be excluded."],
-}  # fmt: skip
+    FX: [
+        "Possible nondisplaced fracture of the {side} {rib} rib.",
+        "Questionable {side} {rib} rib fracture.",
+        "A subtle {side} rib fracture cannot be excluded.",
+    ],
+}
 _DEVICE = {
-    "pacemaker": ["Left chest wall pacemaker with leads in the right atrium and right ventricle.",
-                  "A dual-lead pacemaker is present.", "Left-sided pacemaker in place."],
-    "central_catheter": ["Right internal jugular central venous catheter with tip in the superior vena cava.",
-                         "Right jugular catheter tip projects over the cavoatrial junction."],
+    "pacemaker": [
+        "Left chest wall pacemaker with leads in the right atrium and right ventricle.",
+        "A dual-lead pacemaker is present.",
+        "Left-sided pacemaker in place.",
+    ],
+    "central_catheter": [
+        "Right internal jugular central venous catheter with tip in the superior vena cava.",
+        "Right jugular catheter tip projects over the cavoatrial junction.",
+    ],
     "picc": ["Right-sided PICC terminates in the lower superior vena cava.", "A right arm PICC is in place."],
-    "et_tube": ["Endotracheal tube terminates 4 cm above the carina.", "An endotracheal tube is in good position."],
+    "et_tube": [
+        "Endotracheal tube terminates 4 cm above the carina.",
+        "An endotracheal tube is in good position.",
+    ],
     "chest_tube": ["{Side} chest tube in place.", "A {side}-sided chest tube is present."],
     "sternotomy": ["Median sternotomy wires are present.", "Sternotomy wires are noted."],
-}  # fmt: skip
+}
 _NEGATIVE = {
-    CARDIO: ["The heart is normal in size.", "Heart size is normal.", "Normal heart size.", "No cardiomegaly.",
-             "The cardiac silhouette is within normal limits.", "Heart size is within normal limits."],
-    ECM: ["The mediastinal contours are normal.", "The cardiomediastinal silhouette is within normal limits.",
-          "Normal mediastinal contour.", "The mediastinum is not widened."],
+    CARDIO: [
+        "The heart is normal in size.",
+        "Heart size is normal.",
+        "Normal heart size.",
+        "No cardiomegaly.",
+        "The cardiac silhouette is within normal limits.",
+        "Heart size is within normal limits.",
+    ],
+    ECM: [
+        "The mediastinal contours are normal.",
+        "The cardiomediastinal silhouette is within normal limits.",
+        "Normal mediastinal contour.",
+        "The mediastinum is not widened.",
+    ],
     PLEURAL_OTHER: ["No pleural thickening."],
     FX: ["No acute fracture.", "No displaced rib fracture.", "No acute rib fracture is seen."],
-}  # fmt: skip
+}
 _HEART_AND_MEDIASTINUM_NORMAL = [
     "The heart size and mediastinal contours are within normal limits.",
     "Normal heart size and mediastinal contours.",
@@ -263,22 +356,44 @@ _HEART_AND_MEDIASTINUM_NORMAL = [
 ]
 # Noun phrases for combined negations ("No pleural effusion or pneumothorax.").
 _NEGATED_NOUNS = {
-    PTX: ["pneumothorax"], EFF: ["pleural effusion", "effusion"],
-    CONSOL: ["focal consolidation", "consolidation"], OPACITY: ["focal airspace opacity", "airspace disease"],
-    EDEMA: ["pulmonary edema", "edema"], PNA: ["pneumonia"], ATEL: ["atelectasis"],
+    PTX: ["pneumothorax"],
+    EFF: ["pleural effusion", "effusion"],
+    CONSOL: ["focal consolidation", "consolidation"],
+    OPACITY: ["focal airspace opacity", "airspace disease"],
+    EDEMA: ["pulmonary edema", "edema"],
+    PNA: ["pneumonia"],
+    ATEL: ["atelectasis"],
     LESION: ["pulmonary nodule", "focal nodule", "pulmonary mass"],
-}  # fmt: skip
-_NEGATION_FRAMES = ["No {list}.", "There is no {list}.", "No evidence of {list}.", "No {list} is seen.",
-                    "Negative for {list}."]  # fmt: skip
-_LUNGS_CLEAR = ["The lungs are clear.", "Lungs are clear.", "The lungs are clear bilaterally.",
-                "Both lungs are clear.", "The lungs are well expanded and clear."]  # fmt: skip
-_BONES = ["The osseous structures are intact.", "Visualized osseous structures are unremarkable.",
-          "The bony thorax is unremarkable."]  # fmt: skip
+}
+_NEGATION_FRAMES = [
+    "No {list}.",
+    "There is no {list}.",
+    "No evidence of {list}.",
+    "No {list} is seen.",
+    "Negative for {list}.",
+]
+_LUNGS_CLEAR = [
+    "The lungs are clear.",
+    "Lungs are clear.",
+    "The lungs are clear bilaterally.",
+    "Both lungs are clear.",
+    "The lungs are well expanded and clear.",
+]
+_BONES = [
+    "The osseous structures are intact.",
+    "Visualized osseous structures are unremarkable.",
+    "The bony thorax is unremarkable.",
+]
 _VESSELS = ["Pulmonary vasculature is within normal limits.", "The pulmonary vascularity is normal."]
 _ORDINALS = {"4": "fourth", "5": "fifth", "6": "sixth", "7": "seventh", "8": "eighth"}
-_LOBES = {("right", "upper"): "right upper lobe", ("right", "mid"): "right middle lobe",
-          ("right", "lower"): "right lower lobe", ("left", "upper"): "left upper lobe",
-          ("left", "mid"): "lingular", ("left", "lower"): "left lower lobe"}  # fmt: skip
+_LOBES = {
+    ("right", "upper"): "right upper lobe",
+    ("right", "mid"): "right middle lobe",
+    ("right", "lower"): "right lower lobe",
+    ("left", "upper"): "left upper lobe",
+    ("left", "mid"): "lingular",
+    ("left", "lower"): "left lower lobe",
+}
 # Section of each sentence, for the canonical order: heart, lungs, pleura, bones, devices.
 _SECTION = {CARDIO: 0, ECM: 0, OPACITY: 1, LESION: 1, EDEMA: 1, CONSOL: 1, PNA: 1, ATEL: 1, PTX: 2, EFF: 2,
             PLEURAL_OTHER: 2, FX: 3, DEVICE: 4}  # fmt: skip
@@ -294,12 +409,17 @@ def _degree_word(severity: float) -> str:
 
 def _where(rng: np.random.Generator, f: Finding) -> str:
     if f.side == "bilateral":
-        options = {"lower": ["at both lung bases", "in both lower lobes", "at the bilateral lung bases"],
-                   "mid": ["in both mid lungs"], "upper": ["in both upper lobes", "at both lung apices"]}  # fmt: skip
+        options = {
+            "lower": ["at both lung bases", "in both lower lobes", "at the bilateral lung bases"],
+            "mid": ["in both mid lungs"],
+            "upper": ["in both upper lobes", "at both lung apices"],
+        }
         return _choice(rng, options[f.zone])
-    options = {"lower": [f"at the {f.side} lung base", f"in the {f.side} lower lobe", f"at the {f.side} base"],
-               "mid": [f"in the {f.side} mid lung", f"in the {_LOBES[(f.side, 'mid')]} region"],
-               "upper": [f"in the {f.side} upper lobe", f"in the {f.side} upper lung", f"at the {f.side} apex"]}  # fmt: skip
+    options = {
+        "lower": [f"at the {f.side} lung base", f"in the {f.side} lower lobe", f"at the {f.side} base"],
+        "mid": [f"in the {f.side} mid lung", f"in the {_LOBES[(f.side, 'mid')]} region"],
+        "upper": [f"in the {f.side} upper lobe", f"in the {f.side} upper lung", f"at the {f.side} apex"],
+    }
     return _choice(rng, options[f.zone])
 
 
@@ -309,13 +429,20 @@ def _fields(rng: np.random.Generator, f: Finding) -> dict[str, str]:
     lobe = "multifocal" if bilateral else _LOBES[(f.side, f.zone)]
     lesion = f.kind or "nodule"
     fields = {
-        "side": f.side, "size": size, "degree": _degree_word(f.severity), "where": _where(rng, f),
-        "lobe": lobe, "patchy": _choice(rng, ["patchy", "hazy", "focal", "ill-defined"]), "lesion": lesion,
+        "side": f.side,
+        "size": size,
+        "degree": _degree_word(f.severity),
+        "where": _where(rng, f),
+        "lobe": lobe,
+        "patchy": _choice(rng, ["patchy", "hazy", "focal", "ill-defined"]),
+        "lesion": lesion,
         "cm": f"{(1.0 + 3.0 * f.severity) if lesion == 'mass' else (0.5 + 1.2 * f.severity):.1f}",
-        "rib": _ORDINALS.get(f.kind, "sixth"), "effusion": "effusions" if bilateral else "effusion",
-        "is_are": "are" if bilateral else "is", "a_size": size if bilateral else f"a {size}",
+        "rib": _ORDINALS.get(f.kind, "sixth"),
+        "effusion": "effusions" if bilateral else "effusion",
+        "is_are": "are" if bilateral else "is",
+        "a_size": size if bilateral else f"a {size}",
         "angle": "angles" if bilateral else "angle",
-    }  # fmt: skip
+    }
     fields.update(
         {key[0].upper() + key[1:]: value[0].upper() + value[1:] for key, value in list(fields.items())}
     )
@@ -792,9 +919,11 @@ def world_summary(annotation_path: str | Path) -> str:
     entries = [e for split in SPLITS for e in content.get(split, [])]
     codes = np.array([e["labels"] for e in entries])
     words = np.array([len(e["report"].split()) for e in entries])
-    lines = [", ".join(f"{s}: {len(content.get(s, []))}" for s in SPLITS) + f" studies; "
-             f"{sum(len(e['image_path']) for e in entries)} images; report words mean {words.mean():.1f}, "
-             f"5-95% {np.percentile(words, 5):.0f}-{np.percentile(words, 95):.0f}"]  # fmt: skip
+    lines = [
+        ", ".join(f"{s}: {len(content.get(s, []))}" for s in SPLITS) + f" studies; "
+        f"{sum(len(e['image_path']) for e in entries)} images; report words mean {words.mean():.1f}, "
+        f"5-95% {np.percentile(words, 5):.0f}-{np.percentile(words, 95):.0f}"
+    ]
     lines.append(f"{'observation':28s} {'pos':>6s} {'unc':>6s} {'neg':>6s}")
     for i, name in enumerate(OBSERVATIONS):
         column = codes[:, i]

@@ -159,8 +159,13 @@ def pretrain_vision(
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
         if (step + 1) % log_every == 0:
-            logger.info("base stage 1 (vision) step %d/%d: finding loss %.3f (%.1f s)", step + 1,
-                        recipe.vision_steps, float(np.mean(losses[-log_every:])), time.perf_counter() - start)  # fmt: skip
+            logger.info(
+                "base stage 1 (vision) step %d/%d: finding loss %.3f (%.1f s)",
+                step + 1,
+                recipe.vision_steps,
+                float(np.mean(losses[-log_every:])),
+                time.perf_counter() - start,
+            )
     return losses
 
 
@@ -208,9 +213,14 @@ def pretrain(model, processor, samples, probe, recipe: BaseRecipe, log_every: in
         losses.append(loss.item())
         finding_losses.append(finding_loss.item())
         if (step + 1) % log_every == 0 or step == 0:
-            logger.info("base stage 2 (reports) step %d/%d: report loss %.3f, finding loss %.3f (%.1f s)",
-                        step + 1, recipe.steps, float(np.mean(losses[-log_every:])),
-                        float(np.mean(finding_losses[-log_every:])), time.perf_counter() - start)  # fmt: skip
+            logger.info(
+                "base stage 2 (reports) step %d/%d: report loss %.3f, finding loss %.3f (%.1f s)",
+                step + 1,
+                recipe.steps,
+                float(np.mean(losses[-log_every:])),
+                float(np.mean(finding_losses[-log_every:])),
+                time.perf_counter() - start,
+            )
     model.eval()
     return losses
 

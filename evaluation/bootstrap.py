@@ -155,9 +155,15 @@ def _aligned(base, other) -> np.ndarray:
 
 
 def compare_folders(
-    base_folder, other_folder, *, against: str = "auto", subset: str = "14", n_resamples: int = 1000,
-    seed: int = 0, confidence: float = 0.95,
-) -> dict[str, PairedDifference]:  # fmt: skip
+    base_folder,
+    other_folder,
+    *,
+    against: str = "auto",
+    subset: str = "14",
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, PairedDifference]:
     """paired_bootstrap of two evaluation folders written by evaluate.py (other minus base), against the
     true labels when both have them (``against="auto"``), else the reference reports' labels.
 
@@ -174,9 +180,13 @@ def compare_folders(
     order = _aligned(base, other)
     columns = subset_columns(SUBSETS[subset])
     return paired_bootstrap(
-        base.target[:, columns], base.predicted[:, columns], other.predicted[order][:, columns],
-        n_resamples=n_resamples, seed=seed, confidence=confidence,
-    )  # fmt: skip
+        base.target[:, columns],
+        base.predicted[:, columns],
+        other.predicted[order][:, columns],
+        n_resamples=n_resamples,
+        seed=seed,
+        confidence=confidence,
+    )
 
 
 def _signed(value: float) -> str:
@@ -206,9 +216,14 @@ def difference_markdown(
     ]
     for i, (folder, method) in enumerate(zip(folders, methods)):
         result = compare_folders(
-            folders[0], folder, against=against, subset=subset, n_resamples=n_resamples, seed=seed,
+            folders[0],
+            folder,
+            against=against,
+            subset=subset,
+            n_resamples=n_resamples,
+            seed=seed,
             confidence=confidence,
-        )  # fmt: skip
+        )
         cells = [method.replace("|", "/")]
         for average in F1_AVERAGES:
             d = result[average]

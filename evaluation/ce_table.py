@@ -42,11 +42,17 @@ def field_figures(
         ce = ce_metrics(reference_codes, predicted_codes, convention, zero_division)
         by_convention[convention] = {"14": ce["14"], "5": ce["5"]}
     figures = [
-        {"figure": name, "labels": labels, "average": average, **by_convention[convention][labels][average],
-         "labeler": labeler, "uncertain_as": convention}
+        {
+            "figure": name,
+            "labels": labels,
+            "average": average,
+            **by_convention[convention][labels][average],
+            "labeler": labeler,
+            "uncertain_as": convention,
+        }
         for convention in UNCERTAIN_POLICIES
         for name, labels, average in FIELD_FIGURES
-    ]  # fmt: skip
+    ]
     return {"by_convention": by_convention, "figures": figures}
 
 
@@ -90,10 +96,14 @@ def paper_table_markdown(
         entries.setdefault(method, {})[dataset] = _figures_for(metrics, uncertain_as, average, str(folder))
         labelers.add(metrics.get("labeler", "?"))
     columns = [(d, field) for d, _ in TABLE_I_DATASETS for field in ("precision", "recall", "f1")]
-    cells = [[by_dataset[d][field] if d in by_dataset else None for d, field in columns]
-             for by_dataset in entries.values()]  # fmt: skip
-    marks = [rank_marks([row[j] for row in cells]) if len(cells) > 1 else [""] * len(cells)
-             for j in range(len(columns))]  # fmt: skip
+    cells = [
+        [by_dataset[d][field] if d in by_dataset else None for d, field in columns]
+        for by_dataset in entries.values()
+    ]
+    marks = [
+        rank_marks([row[j] for row in cells]) if len(cells) > 1 else [""] * len(cells)
+        for j in range(len(columns))
+    ]
     header = [
         "Method",
         *(f"{known[d]} {field.capitalize() if field != 'f1' else 'F1'}" for d, field in columns),

@@ -44,8 +44,9 @@ class BERTScore:
 
     name = "bertscore"
 
-    def __init__(self, model_dir: str | Path, num_layers: int | None = None, device: str = "cpu",
-                 batch_size: int = 32):  # fmt: skip
+    def __init__(
+        self, model_dir: str | Path, num_layers: int | None = None, device: str = "cpu", batch_size: int = 32
+    ):
         self.model_dir = _local_folder(
             model_dir, "--bertscore", "a Hugging Face encoder (config.json, weights)"
         )
@@ -69,15 +70,26 @@ class BERTScore:
     def score(self, references: Sequence[str], predictions: Sequence[str]) -> dict:
         from bert_score import BERTScorer
 
-        scorer = BERTScorer(model_type=str(self.model_dir), num_layers=self.num_layers, device=self.device,
-                            batch_size=self.batch_size)  # fmt: skip
+        scorer = BERTScorer(
+            model_type=str(self.model_dir),
+            num_layers=self.num_layers,
+            device=self.device,
+            batch_size=self.batch_size,
+        )
         positions = getattr(scorer._model.config, "max_position_embeddings", None)
         if positions and scorer._tokenizer.model_max_length > positions:  # a folder that leaves it unset
             scorer._tokenizer.model_max_length = positions
-        precision, recall, f1 = scorer.score(list(predictions), list(references),
-                                             verbose=len(predictions) >= PROGRESS_MIN_REPORTS)  # fmt: skip
-        return {"precision": float(precision.mean()), "recall": float(recall.mean()), "f1": float(f1.mean()),
-                "model": self.model_dir.name, "num_layers": self.num_layers, "rescaled": False}  # fmt: skip
+        precision, recall, f1 = scorer.score(
+            list(predictions), list(references), verbose=len(predictions) >= PROGRESS_MIN_REPORTS
+        )
+        return {
+            "precision": float(precision.mean()),
+            "recall": float(recall.mean()),
+            "f1": float(f1.mean()),
+            "model": self.model_dir.name,
+            "num_layers": self.num_layers,
+            "rescaled": False,
+        }
 
 
 class RadGraphF1:
@@ -85,8 +97,14 @@ class RadGraphF1:
 
     name = "radgraph"
 
-    def __init__(self, model_dir: str | Path, bert_dir: str | Path | None = None, model_type: str = "radgraph",
-                 batch_size: int = 1, device: str = "cpu"):  # fmt: skip
+    def __init__(
+        self,
+        model_dir: str | Path,
+        bert_dir: str | Path | None = None,
+        model_type: str = "radgraph",
+        batch_size: int = 1,
+        device: str = "cpu",
+    ):
         what = "the extracted RadGraph archive (config.json, vocabulary/, weights.th)"
         self.model_dir = _local_folder(model_dir, "--radgraph", what)
         missing = [name for name in RADGRAPH_FILES if not (self.model_dir / name).exists()]
@@ -134,9 +152,13 @@ class RadGraphF1:
 
         root = Path(tempfile.mkdtemp(prefix="radgraph-"))
         try:
-            scorer = F1RadGraph(reward_level="all", model_type=self.model_type, batch_size=self.batch_size,
-                                cuda=-1 if self.device == "cpu" else 0,
-                                model_cache_dir=str(self._staged_cache(root)))  # fmt: skip
+            scorer = F1RadGraph(
+                reward_level="all",
+                model_type=self.model_type,
+                batch_size=self.batch_size,
+                cuda=-1 if self.device == "cpu" else 0,
+                model_cache_dir=str(self._staged_cache(root)),
+            )
             mean_rewards = scorer(refs=list(references), hyps=list(predictions))[0]
         finally:
             shutil.rmtree(root, ignore_errors=True)
@@ -149,12 +171,16 @@ def extra_metrics_markdown(metrics: dict) -> str | None:
     lines = []
     if "bertscore" in metrics:
         b = metrics["bertscore"]
-        lines.append(f"| BERTScore F1 (P / R) | {b['f1']:.4f} ({b['precision']:.4f} / {b['recall']:.4f}) "
-                     f"| `{b['model']}`, layer {b['num_layers']}, not rescaled |")  # fmt: skip
+        lines.append(
+            f"| BERTScore F1 (P / R) | {b['f1']:.4f} ({b['precision']:.4f} / {b['recall']:.4f}) "
+            f"| `{b['model']}`, layer {b['num_layers']}, not rescaled |"
+        )
     if "radgraph" in metrics:
         r = metrics["radgraph"]
-        lines.append(f"| RadGraph F1 partial (simple / complete) | {r['f1_partial']:.4f} "
-                     f"({r['f1_simple']:.4f} / {r['f1_complete']:.4f}) | `{r['model']}` |")  # fmt: skip
+        lines.append(
+            f"| RadGraph F1 partial (simple / complete) | {r['f1_partial']:.4f} "
+            f"({r['f1_simple']:.4f} / {r['f1_complete']:.4f}) | `{r['model']}` |"
+        )
     if not lines:
         return None
     return "\n".join(["| Metric | Value | Model |", "|---|---|---|", *lines]) + "\n"

@@ -265,6 +265,11 @@ def read_scored_labels(folder: str | Path, against: str = "auto") -> ScoredLabel
             raise ValueError(f"{folder}: the ids of {TRUTH_FILE} and {LABELS_FILE} differ")
         used = "truth"
     return ScoredLabels(
-        folder, metrics.get("method") or folder.name, ids, binarize(target, uncertain_as),
-        binarize(predicted, uncertain_as), used, uncertain_as,
-    )  # fmt: skip
+        folder,
+        metrics.get("method") or folder.name,
+        ids,
+        binarize(target, uncertain_as),
+        binarize(predicted, uncertain_as),
+        used,
+        uncertain_as,
+    )

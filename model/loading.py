@@ -55,8 +55,14 @@ VISION_SPECIAL_TOKENS = (
     "<|image_pad|>",
     "<|video_pad|>",
 )
-DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
-          "float32": torch.float32, "fp32": torch.float32}  # fmt: skip
+DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+}
 ATTN_IMPLEMENTATIONS = ("auto", "flash_attention_2", "sdpa", "eager")
 
 
@@ -254,9 +260,13 @@ def language_hidden_states(model: nn.Module, **inputs) -> torch.Tensor:
 
 
 def completion_hidden_states(
-    model: nn.Module, prompts: dict, images: ImageFeatures | None, completion_ids: torch.Tensor,
-    completion_mask: torch.Tensor, group_size: int,
-) -> torch.Tensor:  # fmt: skip
+    model: nn.Module,
+    prompts: dict,
+    images: ImageFeatures | None,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    group_size: int,
+) -> torch.Tensor:
     """Final-norm hidden states at the positions that predict each completion token, shape (B*G, T, hidden),
     running each of the B prompts once instead of once per completion.
 
@@ -280,16 +290,29 @@ def completion_hidden_states(
         out = prompt_model(**prompts, **extra, use_cache=True, logits_to_keep=1)
         cache = out.cache
         if cache is None:
-            raise RuntimeError("the prompt pass returned no KV cache (gradient checkpointing turns it off in "
-                               "training mode): use full rows (grpo.prompt_once=false)")  # fmt: skip
+            raise RuntimeError(
+                "the prompt pass returned no KV cache (gradient checkpointing turns it off in "
+                "training mode): use full rows (grpo.prompt_once=false)"
+            )
         cache.batch_repeat_interleave(G)
         # left padding: each row's last column is a real token; the completion continues from its position
         prompt_positions = positions[0].expand(3, -1, -1)[:, :, -1:] + 1  # (3, B, 1)
         steps = torch.arange(completion_ids.shape[1], device=completion_ids.device)
-        attention_mask = torch.cat([prompts["attention_mask"].repeat_interleave(G, dim=0),
-                                    completion_mask.to(prompts["attention_mask"].dtype)], dim=1)  # fmt: skip
-        model(input_ids=completion_ids, attention_mask=attention_mask, cache=cache, use_cache=True,
-              position_ids=(prompt_positions + steps).repeat_interleave(G, dim=1), logits_to_keep=1)  # fmt: skip
+        attention_mask = torch.cat(
+            [
+                prompts["attention_mask"].repeat_interleave(G, dim=0),
+                completion_mask.to(prompts["attention_mask"].dtype),
+            ],
+            dim=1,
+        )
+        model(
+            input_ids=completion_ids,
+            attention_mask=attention_mask,
+            cache=cache,
+            use_cache=True,
+            position_ids=(prompt_positions + steps).repeat_interleave(G, dim=1),
+            logits_to_keep=1,
+        )
     finally:
         norm_hook.remove()
         rope_hook.remove()

@@ -117,9 +117,11 @@ class RewardCombiner:
             total += weight * terms[name]
         ordered = {name: terms[name].astype(np.float32) for name in self.weights}
         return RewardOutput(
-            total=total.astype(np.float32), terms=ordered, report_texts=reports,
+            total=total.astype(np.float32),
+            terms=ordered,
+            report_texts=reports,
             format_ok=format_scores == FULL_CREDIT,
-        )  # fmt: skip
+        )
 
     def _label(self, texts: list[str]) -> np.ndarray:
         codes = validate_codes(self.labeler.label(texts))
@@ -172,9 +174,13 @@ def build_reward(cfg, training_reports: Sequence[str], device: str = "cpu") -> R
         "reward: %s, labeler %s", " + ".join(f"{w} * {k}" for k, w in cfg.weights.items()), cfg.labeler
     )
     return RewardCombiner(
-        cfg.weights, labeler=labeler, blank_match=cfg.blank_match, uncertain_as=cfg.uncertain_as,
-        nlg_train_references=list(training_reports) if "nlg" in cfg.weights else None, **margin,
-    )  # fmt: skip
+        cfg.weights,
+        labeler=labeler,
+        blank_match=cfg.blank_match,
+        uncertain_as=cfg.uncertain_as,
+        nlg_train_references=list(training_reports) if "nlg" in cfg.weights else None,
+        **margin,
+    )
 
 
 def _check_weights(weights: Mapping[str, float]) -> dict[str, float]:

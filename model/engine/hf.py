@@ -34,11 +34,19 @@ def generation_config(p: SamplingParams) -> GenerationConfig:
     """All the fields that shape the distribution, set to our values or to 'off'."""
     sampling = {"temperature": p.temperature, "top_p": p.top_p, "top_k": 0} if p.do_sample else {}
     return GenerationConfig(
-        do_sample=p.do_sample, **sampling, repetition_penalty=1.0, no_repeat_ngram_size=0,
-        max_new_tokens=p.max_new_tokens, min_new_tokens=p.min_new_tokens, num_return_sequences=p.num_samples,
-        eos_token_id=list(p.stop_ids), pad_token_id=p.pad_id, suppress_tokens=list(p.suppress_ids) or None,
-        num_beams=1, use_cache=True,
-    )  # fmt: skip
+        do_sample=p.do_sample,
+        **sampling,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        max_new_tokens=p.max_new_tokens,
+        min_new_tokens=p.min_new_tokens,
+        num_return_sequences=p.num_samples,
+        eos_token_id=list(p.stop_ids),
+        pad_token_id=p.pad_id,
+        suppress_tokens=list(p.suppress_ids) or None,
+        num_beams=1,
+        use_cache=True,
+    )
 
 
 class HFEngine:

@@ -18,9 +18,14 @@ import torch
 
 
 def process_logits(
-    logits: torch.Tensor, *, temperature: float, top_p: float, suppress_ids: torch.Tensor | None = None,
-    stop_ids: torch.Tensor | None = None, block_stop: bool = False,
-) -> torch.Tensor:  # fmt: skip
+    logits: torch.Tensor,
+    *,
+    temperature: float,
+    top_p: float,
+    suppress_ids: torch.Tensor | None = None,
+    stop_ids: torch.Tensor | None = None,
+    block_stop: bool = False,
+) -> torch.Tensor:
     """``(N, V)`` raw logits -> ``(N, V)`` float32 logits of the sampling distribution (-inf = excluded)."""
     scores = logits.float()
     if suppress_ids is not None and suppress_ids.numel():
@@ -59,10 +64,16 @@ def inverse_cdf_sample(scores: torch.Tensor, generator: torch.Generator | None =
 
 
 def choose_tokens(
-    logits: torch.Tensor, *, do_sample: bool, temperature: float, top_p: float,
-    suppress_ids: torch.Tensor | None, stop_ids: torch.Tensor | None, block_stop: bool,
+    logits: torch.Tensor,
+    *,
+    do_sample: bool,
+    temperature: float,
+    top_p: float,
+    suppress_ids: torch.Tensor | None,
+    stop_ids: torch.Tensor | None,
+    block_stop: bool,
     generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Next tokens ``(N,)`` and their log-probs ``(N,)`` under ``log_softmax(logits / temperature)``, the
     quantity the loss recomputes (no suppression or top-p in it: the loss's ratio and KL use the model's
     plain tempered distribution, so that is what the gap metric compares)."""

@@ -92,8 +92,10 @@ class DecoderWeights:
         self.head_dim = config.hidden_size // config.num_attention_heads
         rotary = text.rotary_emb
         self.inv_freq, self.rope_scaling, self.mrope_section = (
-            rotary.inv_freq, rotary.attention_scaling, list(rotary.mrope_section)
-        )  # fmt: skip
+            rotary.inv_freq,
+            rotary.attention_scaling,
+            list(rotary.mrope_section),
+        )
         self.layers = []
         for layer in text.layers:
             attn, mlp = layer.self_attn, layer.mlp
@@ -118,9 +120,14 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def decode_step(
-    w: DecoderWeights, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor,
-    tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor,
-) -> torch.Tensor:  # fmt: skip
+    w: DecoderWeights,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    valid: torch.Tensor,
+    tokens: torch.Tensor,
+    positions: torch.Tensor,
+    slot: torch.Tensor,
+) -> torch.Tensor:
     """One token per row through the text decoder. ``keys``/``values`` (L, N, kv_heads, S, head_dim) are
     written at ``slot`` (a 1-element long tensor); ``valid`` (N, S) marks the slots each row attends to
     (its real prompt tokens and its completion so far, this slot included). Returns (N, vocab) logits."""
@@ -194,9 +201,14 @@ class StaticEngine:
         steps = T
         for t in range(T):
             chosen, logp = choose_tokens(
-                logits, do_sample=params.do_sample, temperature=params.temperature, top_p=params.top_p,
-                suppress_ids=suppress_ids, stop_ids=stop_ids, block_stop=t < params.min_new_tokens,
-            )  # fmt: skip
+                logits,
+                do_sample=params.do_sample,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                suppress_ids=suppress_ids,
+                stop_ids=stop_ids,
+                block_stop=t < params.min_new_tokens,
+            )
             chosen = chosen.masked_fill(finished, params.pad_id)  # HF: rows that stopped get pad
             tokens[:, t] = chosen
             logprobs[:, t] = logp.masked_fill(finished, 0.0)
