@@ -27,6 +27,9 @@ from pathlib import Path
 
 from transformers import GenerationConfig
 
+from evaluation.generate import resolve_adapter
+from grpo.config import load_config
+from model.generation import stop_token_ids
 from model.loading import lm_head_weight, load_model_and_processor, suppressed_token_ids
 from model.lora import load_adapter, merge_and_save
 
@@ -38,8 +41,6 @@ def sampling_generation_config(model, tokenizer, sampling) -> GenerationConfig:
     """The run's sampling section as a GenerationConfig: what ``generate()`` and servers use by default.
 
     Greedy decoding (what evaluate.py reports) is ``do_sample=False`` at call time."""
-    from model.generation import stop_token_ids
-
     return GenerationConfig(
         do_sample=True,
         temperature=sampling.temperature,
@@ -80,8 +81,6 @@ def run_config_file(run_dir: Path) -> Path:
 def export_merged(run_dir: str | Path, out_dir: str | Path, adapter_dir: str | Path,
                   dtype: str | None = None, device: str = "cpu") -> Path:  # fmt: skip
     """Merge ``adapter_dir`` into the run's base model and write the folder ``out_dir`` (atomically)."""
-    from grpo.config import load_config
-
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"--out {out_dir} exists and is not empty; choose another folder or remove it")
@@ -132,8 +131,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.adapter is not None:
             adapter = args.adapter
         else:
-            from evaluation.generate import resolve_adapter
-
             adapter = resolve_adapter(args.run, args.checkpoint, no_adapter=False)
         out = export_merged(args.run, args.out, adapter, dtype=args.dtype, device=args.device)
     except (FileNotFoundError, FileExistsError, ValueError) as err:

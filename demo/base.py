@@ -31,7 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.tiny import TinySizes
+from data.batching import append_completion, collate_prompts, load_images, tokenize_targets
+from data.prompts import PromptConfig
+from data.r2gen import load_annotation
+from data.synthetic import generate_world, world_texts
+from model.loading import load_model_and_processor
+from model.tiny import TinySizes, build_tiny_model
+from rewards.vocabulary import FINDINGS, POSITIVE, UNCERTAIN
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +105,6 @@ class FindingProbe(torch.nn.Module):
 
 def finding_targets(samples) -> torch.Tensor:
     """(N, 13) float: 1 where a finding is present (positive or uncertain), from the samples' labels."""
-    from rewards.vocabulary import FINDINGS, POSITIVE, UNCERTAIN
-
     codes = torch.tensor([s.labels[: len(FINDINGS)] for s in samples])
     return ((codes == POSITIVE) | (codes == UNCERTAIN)).float()
 
@@ -134,8 +138,6 @@ def pretrain_vision(
 ) -> list[float]:
     """Stage 1: the vision tower (and merger) learns to see, through the finding probe alone. Cheap: no
     language model in the loop, each study's pixels prepared once."""
-    from data.batching import load_images
-
     visual = model.model.visual
     prepared = []
     for s in samples:
@@ -173,9 +175,6 @@ def pretrain(model, processor, samples, probe, recipe: BaseRecipe, log_every: in
     """Stage 2: every weight on (image(s) -> report) with token cross-entropy, the finding probe's loss
     kept on so the visual features stay sharp. Returns the report cross-entropy of every step."""
     from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-    from data.batching import append_completion, collate_prompts, load_images, tokenize_targets
-    from data.prompts import PromptConfig
 
     tokenizer = processor.tokenizer
     stop_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -229,13 +228,6 @@ def build_base_model(
     out_dir: str | Path, recipe: BaseRecipe | None = None, work_dir: str | Path | None = None
 ) -> Path:
     """Make the base checkpoint folder at ``out_dir`` (written to a temporary folder, then renamed)."""
-    from data.prompts import PromptConfig
-    from data.r2gen import load_annotation
-    from data.synthetic import generate_world, world_texts
-    from model.loading import load_model_and_processor
-    from model.tiny import build_tiny_model
-    from rewards.vocabulary import FINDINGS
-
     recipe = recipe or BaseRecipe()
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")

@@ -21,6 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from evaluation.ce import SUBSETS, subset_columns
+from evaluation.truth import TRUTH_FILE, read_scored_labels
+
 F1_AVERAGES: tuple[str, ...] = ("micro", "macro")
 
 
@@ -126,8 +129,6 @@ def paired_bootstrap(
 # ------------------------------------------------------------------------------- evaluation folders
 def _common_target(folders) -> str:
     """Return "truth" when every folder has true labels (truth.csv), else "reference"."""
-    from evaluation.truth import TRUTH_FILE
-
     return "truth" if all((Path(f) / TRUTH_FILE).is_file() for f in folders) else "reference"
 
 
@@ -169,9 +170,6 @@ def compare_folders(
 
     A bench script's entry: ``compare_folders("eval/sft", "eval/grpo")["micro"].low > 0``.
     """
-    from evaluation.ce import SUBSETS, subset_columns
-    from evaluation.truth import read_scored_labels
-
     if subset not in SUBSETS:
         raise ValueError(f"subset must be one of {tuple(SUBSETS)}, got {subset!r}")
     if against == "auto":
@@ -198,8 +196,6 @@ def difference_markdown(
 ) -> str:
     """Every folder's CE micro and macro F1 with the paired bootstrap interval of its difference to the
     first folder's, as a Markdown table (against the true labels when every folder has them)."""
-    from evaluation.truth import read_scored_labels
-
     if not folders:
         raise ValueError("--compare needs at least one folder")
     against = _common_target(folders)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from evaluation.field_metrics import extra_metrics_markdown
 from rewards.vocabulary import OBSERVATIONS, codes_to_csv_rows
 
 METRICS_FILE = "metrics.json"
@@ -251,8 +252,6 @@ def summary_markdown(metrics: dict, table_average: str = "macro") -> str:
             f"{percent(fc['rate'])}% of {fc['n']} outputs get the full format reward "
             f"(mean format reward {fc['mean_reward']:.3f}).",
         ]
-    from evaluation.field_metrics import extra_metrics_markdown
-
     extra = extra_metrics_markdown(metrics)
     if extra:
         out += ["", "## BERTScore and RadGraph F1", "", extra.rstrip("\n")]

@@ -16,7 +16,9 @@ from evaluation.ce import AVERAGES, UNCERTAIN_POLICIES, ce_metrics, polarity_ana
 from evaluation.ce_table import field_figures
 from evaluation.inputs import check_unique_ids
 from evaluation.outputs import write_labels_csv, write_metrics_json, write_reports_csv, write_summary_md
+from evaluation.plots import PlotsUnavailable, plot_evaluation
 from evaluation.truth import TRUTH_FILE, append_truth_summary, truth_figures, write_truth_csv
+from rewards.format import format_reward
 from rewards.labeling import Labeler, label_with_progress
 
 
@@ -30,8 +32,6 @@ def label_reports(labeler: Labeler, texts: Sequence[str], what: str) -> np.ndarr
 
 def format_compliance(generated_texts: Sequence[str]) -> dict:
     """Share of outputs with the full format reward (1.0), and the mean format reward (rewards.format)."""
-    from rewards.format import format_reward
-
     rewards = np.array([format_reward(t) for t in generated_texts], dtype=np.float64)
     return {
         "rate": float((rewards == 1.0).mean()),
@@ -168,8 +168,6 @@ def score_reports(
 
 
 def _draw_plots(metrics: dict, out_dir: Path) -> None:
-    from evaluation.plots import PlotsUnavailable, plot_evaluation
-
     try:
         metrics["plots"] = [p.name for p in plot_evaluation(metrics, out_dir)]
     except PlotsUnavailable as e:

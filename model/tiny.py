@@ -40,6 +40,8 @@ from transformers import (
 )
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
+from data.prompts import PromptConfig
+from model.loading import load_model_and_processor, vision_token_ids
 from model.processor import ImageOnlyQwen2_5_VLProcessor
 
 logger = logging.getLogger(__name__)
@@ -278,8 +280,6 @@ def measure_generate_speed(
     `new_tokens` tokens (EOS ignored) from one 112 x 112 image prompt; best of `repeats` runs after a warm-up."""
     from PIL import Image
 
-    from model.loading import load_model_and_processor, vision_token_ids
-
     model, processor = load_model_and_processor(model_dir, device="cpu")
     messages = [
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}
@@ -321,8 +321,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--speed", action="store_true", help="also measure generate tokens/s on this machine")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-    from data.prompts import PromptConfig
 
     prompt = PromptConfig()
     # The prompt's words are in every sequence: let the tokenizer learn them too.

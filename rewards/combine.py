@@ -23,7 +23,9 @@ import numpy as np
 
 from rewards.cef1 import ce_f1_reward
 from rewards.format import FULL_CREDIT, extract_report, format_reward
+from rewards.labeling import make_labeler
 from rewards.mccs import DEFAULT_MARGIN, check_margin, mccs_from_codes
+from rewards.nlg import NLGReward
 from rewards.vocabulary import NUM_OBSERVATIONS, validate_codes
 
 TERM_NAMES = ("mccs", "format", "cef1", "nlg")
@@ -79,8 +81,6 @@ class RewardCombiner:
                 raise ValueError(
                     "reward term 'nlg' needs nlg_train_references (the training reports), none given"
                 )
-            from rewards.nlg import NLGReward
-
             self.nlg = NLGReward(nlg_train_references)
         self._reference_labels: dict[Hashable, np.ndarray] = {}
         self._reference_fingerprints: dict[Hashable, int] = {}
@@ -164,8 +164,6 @@ class RewardCombiner:
 def build_reward(cfg, training_reports: Sequence[str], device: str = "cpu") -> RewardCombiner:
     """The combiner a run's ``reward`` config section describes (``grpo.config.RewardConfig``): the
     labeler is built only when a term needs it, and the training reports only feed ``nlg``'s CIDEr-D."""
-    from rewards.labeling import make_labeler
-
     labeler = None
     if LABEL_TERMS & set(cfg.weights):
         labeler = make_labeler(cfg.labeler, cfg.chexbert_path, cfg.chexbert_tokenizer, device=device)
