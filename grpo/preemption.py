@@ -4,7 +4,9 @@ The handler only records the signal: a handler runs between two Python bytecodes
 middle of whatever collective the rank was in, so it must not touch the process group. The loop asks
 :meth:`StopSignal.agreed` after each optimizer step; one tiny all-reduce tells every rank whether any rank
 was signalled, so all of them finish the same step, write one checkpoint together and leave with
-:class:`Preempted`. A second signal of the same kind acts as if no handler were installed (a second Ctrl-C
+:class:`Preempted`. The same all-reduce carries the step's other flags (:meth:`StopSignal.agree`: a loss or
+gradient that is not finite on some rank), so the ranks agree on skipping a step at no extra collective.
+A second signal of the same kind acts as if no handler were installed (a second Ctrl-C
 interrupts at once).
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,6 +36,14 @@ class Preempted(Exception):
             f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint {checkpoint} written; "
             "continue with --resume (or --resume auto)"
         )
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """What every rank learnt from the step's one all-reduce."""
+
+    signum: int = 0  # the signal some rank received (0: none)
+    nonfinite: bool = False  # some rank's loss or gradient norm was not finite: no rank applies the step
 
 
 class StopSignal:
@@ -63,4 +74,12 @@ class StopSignal:
 
     def agreed(self, device: torch.device) -> int:
         """The signal any rank received (0: none). Collective: every rank calls it at the same step."""
-        return int(distributed.all_reduce_max(float(self.received), device))
+        return self.agree(device).signum
+
+    def agree(self, device: torch.device, nonfinite: bool = False) -> Agreement:
+        """This rank's signal and flags, combined over ranks in one all-reduce (max) of a few numbers.
+        Collective: every rank calls it once per step, at the same point."""
+        signum, bad = distributed.all_reduce_max_many(
+            [float(self.received), float(bool(nonfinite))], device, op="all_reduce (step flags)"
+        )
+        return Agreement(signum=int(signum), nonfinite=bool(bad))
