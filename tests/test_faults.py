@@ -511,3 +511,147 @@ def test_train_py_on_sigterm_prints_one_line_exits_143_and_resume_auto_finishes(
                              timeout=600)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [r["step"] for r in metrics(out)] == list(range(1, 41))
+
+
+# ------------------------------------------------------------- the faults that remain: the pieces (pure)
+
+
+def test_nonfinite_steps_count_every_bad_step_and_stop_after_the_limit_in_a_row():
+    from grpo.faults import NonFiniteSteps, nonfinite_terms
+
+    assert nonfinite_terms({"loss": float("nan"), "loss/kl": 0.1, "grad_norm": float("inf"), "n": 3}) == [
+        "loss", "grad_norm"
+    ]  # fmt: skip
+    steps = NonFiniteSteps(limit=3)
+    assert not steps.record(1, False)
+    assert not steps.record(2, True, ("loss",)) and not steps.record(3, True, ("grad_norm",))
+    assert not steps.record(4, False)  # a good step ends the streak
+    assert not steps.record(5, True, ("loss/kl",)) and not steps.record(6, True)
+    assert steps.record(7, True)  # the third in a row
+    assert (steps.total, steps.streak, steps.first_bad, steps.first_terms) == (5, 3, 5, ("loss/kl",))
+    again = NonFiniteSteps(limit=3)
+    again.load_state_dict(steps.state_dict())
+    assert again == steps
+
+
+def test_the_step_flags_ride_on_one_all_reduce(monkeypatch):
+    from grpo import distributed
+    from grpo.preemption import Agreement, StopSignal
+
+    calls = []
+    real = distributed.all_reduce_max_many
+    monkeypatch.setattr(distributed, "all_reduce_max_many", lambda *a, **k: calls.append(a) or real(*a, **k))
+    stop = StopSignal()
+    assert stop.agree(torch.device("cpu"), nonfinite=True) == Agreement(signum=0, nonfinite=True)
+    stop.received = signal.SIGTERM
+    assert stop.agree(torch.device("cpu")) == Agreement(signum=signal.SIGTERM, nonfinite=False)
+    assert stop.agreed(torch.device("cpu")) == signal.SIGTERM
+    assert len(calls) == 3  # one collective per call, whatever it carries
+
+
+def test_a_metrics_line_is_whole_or_absent_on_a_full_disk(tmp_path, monkeypatch):
+    import errno
+
+    from grpo import faults
+
+    path = tmp_path / "metrics.jsonl"
+    faults.append_line(path, json.dumps({"step": 1}))
+    real_write = os.write
+
+    def half_then_full(fd, data):
+        real_write(fd, data[: len(data) // 2])  # what a filling disk does: part of the line lands
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(faults.os, "write", half_then_full)
+    with pytest.raises(faults.DiskFullError, match=r"metrics.jsonl not written \(No space left on device\)"):
+        faults.append_line(path, json.dumps({"step": 2, "loss": 0.5}))
+    assert path.read_text() == '{"step": 1}\n'  # no torn row
+
+
+def test_the_free_space_check_names_the_folder_the_bytes_needed_and_free(tmp_path, monkeypatch):
+    from grpo import faults
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(faults.shutil, "disk_usage", lambda p: usage._replace(free=1000))
+    target = tmp_path / "checkpoints" / "step-000004"
+    faults.check_free_space(target, needed=999)
+    with pytest.raises(faults.DiskFullError) as caught:
+        faults.check_free_space(target, needed=5000, kept=tmp_path / "checkpoints" / "step-000002")
+    message = str(caught.value)
+    assert str(target) in message and "5000 bytes" in message and "1000 bytes free" in message
+    assert "step-000002 kept" in message and "--resume" in message
+
+
+def test_a_data_fingerprint_names_what_changed(tmp_path):
+    from data import fingerprint
+    from data.fingerprint import DataDriftError
+
+    (tmp_path / "images").mkdir()
+    image = tmp_path / "images" / "a.png"
+    image.write_bytes(b"x" * 10)
+    annotation = tmp_path / "annotation.json"
+    annotation.write_text("{}")
+    world = {"synthetic_n": 12, "synthetic_seed": 3, "synthetic_image_size": 56}
+    saved = fingerprint.fingerprint(annotation, [image, image], tmp_path / "images", world)
+    assert saved["images"]["count"] == 1 and saved["annotation"]["size"] == 2
+    assert fingerprint.check(saved, fingerprint.fingerprint(annotation, [image], tmp_path / "images", world),
+                             allowed=False) == {}  # fmt: skip
+    image.write_bytes(b"x" * 11)
+    annotation.write_text('{"train": []}')
+    now = fingerprint.fingerprint(annotation, [image], tmp_path / "images", {**world, "synthetic_seed": 4})
+    with pytest.raises(DataDriftError) as caught:
+        fingerprint.check(saved, now, allowed=False)
+    message = str(caught.value)
+    assert "annotation (2 bytes" in message and "-> 13 bytes" in message
+    assert (
+        "images (1 files, sha256" in message
+        and "world" in message
+        and "--allow-config-change data" in message
+    )
+    assert set(fingerprint.check(saved, now, allowed=True)) == {"annotation", "world", "images"}
+
+
+def test_a_reward_term_that_raises_is_named(monkeypatch):
+    from rewards import combine
+    from rewards.combine import RewardCombiner, RewardTermError
+
+    class BrokenLabeler:
+        def label(self, texts):
+            raise KeyError("no such observation")
+
+    with pytest.raises(RewardTermError, match=r"reward term 'labeler \(mccs\)' raised KeyError: 'no such"):
+        RewardCombiner({"mccs": 0.75, "format": 0.25}, labeler=BrokenLabeler())(["a"], ["b"], ["k"])
+
+    def broken_format(text):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(combine, "format_reward", broken_format)
+    with pytest.raises(RewardTermError) as caught:
+        RewardCombiner({"format": 1.0})(["a"], ["b"], ["k"])
+    assert caught.value.term == "format" and caught.value.description == "ZeroDivisionError: division by zero"
+
+
+def _torchrun(*args, timeout=120, env_extra=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
+    root = Path(__file__).resolve().parent.parent
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        *map(str, args),
+    ]
+    return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_rank_that_never_arrives_stops_the_other_with_one_line_and_exit_4():
+    """2 processes (gloo, dist_timeout_s=2): rank 1 sleeps through the step's flag all-reduce."""
+    result = _torchrun(Path(__file__).parent / "timeout_worker.py", "flags", 7)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: collective timeout")]
+    assert lines, result.stderr[-3000:]
+    line = lines[0]
+    assert "at step 7" in line and "all_reduce (step flags)" in line and "on rank 0" in line, line
+    assert "rank 1 did not arrive" in line and "--resume auto" in line, line
+    assert "exitcode  : 4" in result.stderr  # rank 0's exit code, as torchrun reports it
