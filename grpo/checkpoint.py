@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.files import atomic_dir
 from grpo import distributed
 
 log = logging.getLogger(__name__)
@@ -132,20 +133,15 @@ def save_checkpoint(
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
-    tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_adapter(tmp / "adapter")
-    torch.save(optimizer_state, tmp / "optimizer.pt")
-    torch.save(scheduler_state, tmp / "scheduler.pt")
-    torch.save(rng_states, tmp / "rng.pt")
-    (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "step": step}, indent=2))
-    write_manifest(tmp)
-    _fsync_tree(tmp)
-    if final.exists():  # a re-run of the same step: replace it
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    # a re-run of the same step replaces it
+    with atomic_dir(final, tmp=root / f".tmp-step-{step:06d}-{os.getpid()}") as tmp:
+        save_adapter(tmp / "adapter")
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+        torch.save(scheduler_state, tmp / "scheduler.pt")
+        torch.save(rng_states, tmp / "rng.pt")
+        (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "step": step}, indent=2))
+        write_manifest(tmp)
+        _fsync_tree(tmp)
     prune(root, keep_last)
     return final
 

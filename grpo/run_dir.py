@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from data.files import write_text_atomic
 from grpo import checkpoint
 from grpo.config import TrainConfig, check_resume_config, to_dict
 
@@ -72,9 +73,7 @@ def check_writable(folder: Path) -> None:
 
 
 def _write_config(run_dir: Path, cfg: TrainConfig) -> None:
-    tmp = run_dir / f".{CONFIG_FILE}.tmp"
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    os.replace(tmp, run_dir / CONFIG_FILE)
+    write_text_atomic(run_dir / CONFIG_FILE, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def _read_saved_config(run_dir: Path) -> dict | None:

@@ -34,6 +34,7 @@ import os
 import uuid
 from pathlib import Path
 
+from data.files import write_text_atomic
 from grpo.config import LogConfig
 
 log = logging.getLogger(__name__)
@@ -100,9 +101,7 @@ class RunLog:
                         raise ValueError(f"{path}: line {number} is not JSON") from None
                     if row["step"] <= step:
                         kept.append(line)
-                tmp = path.with_name(f".{name}.tmp")
-                tmp.write_text("".join(line + "\n" for line in kept))
-                tmp.replace(path)
+                write_text_atomic(path, "".join(line + "\n" for line in kept))
 
     def close(self) -> None:
         if self._tb is not None:

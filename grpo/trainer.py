@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from data.batching import append_completion, collate_prompts, images_per_row, load_images, repeat_for_group
+from data.files import copy_dir_atomic
 from data.images import ImageLoadError
 from data.r2gen import Sample
 from grpo import checkpoint, distributed, run_dir
@@ -524,7 +525,7 @@ class Trainer:
         final = self.run_dir / "final_adapter"
         if self.step == self.total_steps and self.dist.is_main:
             latest = checkpoint.latest_checkpoint(self.run_dir)
-            _replace_dir(latest / "adapter", final)
+            copy_dir_atomic(latest / "adapter", final)
             log.info("final adapter: %s", final)
         distributed.barrier()
         return final
@@ -663,15 +664,3 @@ def load_policy_weights(model, adapter_dir: Path) -> None:
     if missing:
         raise RuntimeError(f"{adapter_dir}: adapter weights did not match the model: {missing[:3]}")
 
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Copy ``src`` to ``dst`` atomically (copy to a temporary sibling, then rename over)."""
-    import shutil
-
-    tmp = dst.with_name(f".tmp-{dst.name}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(src, tmp)
-    if dst.exists():
-        shutil.rmtree(dst)
-    tmp.rename(dst)

@@ -20,12 +20,12 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
 from pathlib import Path
 
 from transformers import GenerationConfig
 
+from data.files import atomic_dir
 from model.loading import lm_head_weight, load_model_and_processor, suppressed_token_ids
 from model.lora import load_adapter, merge_and_save
 
@@ -87,17 +87,13 @@ def export_merged(run_dir: str | Path, out_dir: str | Path, adapter_dir: str | P
     model.generation_config = sampling_generation_config(model, processor.tokenizer, cfg.sampling)
     peft_model = load_adapter(model, adapter_dir, is_trainable=False)
 
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merge_and_save(peft_model, tmp, processor)
     provenance = {"run": str(run_dir.resolve()), "adapter": str(Path(adapter_dir).resolve()),
                   "base_model": str(Path(m.path).resolve()), "dtype": str(dtype),
                   "min_pixels": m.min_pixels, "max_pixels": m.max_pixels}  # fmt: skip
-    (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
-    _readable_like_other_files(tmp)
-    if out_dir.exists():
-        out_dir.rmdir()  # empty (checked above)
-    tmp.rename(out_dir)
+    with atomic_dir(out_dir, tmp=out_dir.with_name(out_dir.name + ".tmp")) as tmp:  # out_dir: absent or empty
+        merge_and_save(peft_model, tmp, processor)
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
+        _readable_like_other_files(tmp)
     log.info("exported %s merged into %s -> %s", adapter_dir, m.path, out_dir)
     return out_dir
 
