@@ -17,8 +17,10 @@ tokens (pad after each row's stop token, like HF) and, for ``static``, the log-p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # annotations only: the engine names (ENGINES) load without torch (evaluate.py --help)
+    import torch
 
 ENGINES = ("hf", "static")
 
