@@ -27,12 +27,12 @@ import torch
 import yaml
 
 import train
+from data.sharding import ShardedBatches
 from grpo import checkpoint
 from grpo.checkpoint import CheckpointError
 from grpo.config import ConfigDriftError, ConfigError, ModelConfig, load_config
 from grpo.preemption import Preempted
 from grpo.run_dir import RunFolderError
-from data.sharding import ShardedBatches
 from grpo.trainer import Trainer
 from model.optim import cosine_lr_factor
 from rewards.combine import RewardOutput
