@@ -28,7 +28,7 @@ from model.engine import ENGINES, SamplingParams, make_engine
 from model.generation import sampling_params
 from model.loading import load_model_and_processor
 from model.lora import add_policy_adapter, load_adapter
-from rewards.combine import TERM_NAMES
+from rewards.combine import PAPER_WEIGHTS, TERM_NAMES
 from rewards.labelers import LABELER_NAMES
 
 
@@ -171,7 +171,7 @@ class GRPOConfig:
 
 @dataclass
 class RewardConfig:
-    weights: dict[str, float] = field(default_factory=lambda: {"mccs": 0.75, "format": 0.25})
+    weights: dict[str, float] = field(default_factory=lambda: dict(PAPER_WEIGHTS))  # rewards/combine.py
     labeler: str = "rules"  # rules | chexbert
     chexbert_path: str | None = None
     chexbert_tokenizer: str | None = None

@@ -26,25 +26,31 @@ from pathlib import Path
 from transformers import GenerationConfig
 
 from data.files import atomic_dir
-from model.loading import lm_head_weight, load_model_and_processor, suppressed_token_ids
-from model.lora import load_adapter, merge_and_save
+from evaluation.generate import resolve_adapter
+from grpo.run_dir import read_run_config, run_config_file
+from model.lora import merge_and_save
 
 log = logging.getLogger("export")
 PROVENANCE_FILE = "mrg_grpo_export.json"
 
 
 def sampling_generation_config(model, tokenizer, sampling) -> GenerationConfig:
-    """The run's sampling section as a GenerationConfig: what ``generate()`` and servers use by default.
+    """The run's sampling section (``SamplingConfig.params``: its stop and suppressed ids included) as a
+    GenerationConfig: what ``generate()`` and servers use by default.
 
     Greedy decoding (what evaluate.py reports) is ``do_sample=False`` at call time."""
-    from model.generation import stop_token_ids
-
+    params = sampling.params(model, tokenizer)
     return GenerationConfig(
-        do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
-        max_new_tokens=sampling.max_new_tokens, eos_token_id=stop_token_ids(model, tokenizer),
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        suppress_tokens=suppressed_token_ids(tokenizer, lm_head_weight(model).shape[0], sampling.ascii_only),
-    )  # fmt: skip
+        do_sample=True,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        top_k=0,
+        max_new_tokens=params.max_new_tokens,
+        eos_token_id=list(params.stop_ids),
+        pad_token_id=params.pad_id,
+        bos_token_id=tokenizer.bos_token_id,
+        suppress_tokens=list(params.suppress_ids),
+    )
 
 
 def checkpoint_dtype(model_path: str | Path) -> str:
@@ -64,28 +70,18 @@ def _readable_like_other_files(folder: Path) -> None:
             path.chmod(0o666 & ~umask)
 
 
-def run_config_file(run_dir: Path) -> Path:
-    config_file = Path(run_dir) / "config.yaml"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{config_file} not found: --run must be a training run folder")
-    return config_file
-
-
 def export_merged(run_dir: str | Path, out_dir: str | Path, adapter_dir: str | Path,
                   dtype: str | None = None, device: str = "cpu") -> Path:  # fmt: skip
     """Merge ``adapter_dir`` into the run's base model and write the folder ``out_dir`` (atomically)."""
-    from grpo.config import load_config
-
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"--out {out_dir} exists and is not empty; choose another folder or remove it")
-    cfg = load_config(run_config_file(run_dir))
+    cfg = read_run_config(run_dir)
     m = cfg.model
     dtype = dtype or (m.dtype if m.dtype != "auto" else checkpoint_dtype(m.path))
-    model, processor = load_model_and_processor(m.path, device=device, dtype=dtype,
-                                                min_pixels=m.min_pixels, max_pixels=m.max_pixels)  # fmt: skip
-    model.generation_config = sampling_generation_config(model, processor.tokenizer, cfg.sampling)
-    peft_model = load_adapter(model, adapter_dir, is_trainable=False)
+    peft_model, processor = m.load_trained(device, adapter_dir, dtype=dtype, merge=False)
+    base = peft_model.get_base_model()
+    base.generation_config = sampling_generation_config(base, processor.tokenizer, cfg.sampling)
 
     provenance = {"run": str(run_dir.resolve()), "adapter": str(Path(adapter_dir).resolve()),
                   "base_model": str(Path(m.path).resolve()), "dtype": str(dtype),
@@ -122,8 +118,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.adapter is not None:
             adapter = args.adapter
         else:
-            from evaluation.generate import resolve_adapter
-
             adapter = resolve_adapter(args.run, args.checkpoint, no_adapter=False)
         out = export_merged(args.run, args.out, adapter, dtype=args.dtype, device=args.device)
     except (FileNotFoundError, FileExistsError, ValueError) as err:
