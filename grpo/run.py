@@ -43,9 +43,13 @@ class Run:
     keeps_lora_dropout: bool  # False: every pass runs without LoRA dropout
 
     def __init__(
-        self, cfg: TrainConfig, resume: bool | str = False, policy=None, allow_config_change: tuple[str, ...] = (),
+        self,
+        cfg: TrainConfig,
+        resume: bool | str = False,
+        policy=None,
+        allow_config_change: tuple[str, ...] = (),
         overwrite: bool = False,
-    ):  # fmt: skip
+    ):
         """``policy`` = ``(model, processor)`` already built (e.g. a model made from a config for a benchmark)
         replaces loading ``model.path``; the LoRA adapter is added as configured. ``resume`` (False, True or
         "auto"), ``allow_config_change`` and ``overwrite``: see grpo/run_dir.py (all checked before the model
@@ -158,9 +162,15 @@ class Run:
         return self.ddp.no_sync()
 
     def completion_logprobs(
-        self, model, inputs: dict, images: ImageFeatures | None, prompt_len: int, completion_ids: torch.Tensor,
-        mask: torch.Tensor, temperature: float,
-    ) -> torch.Tensor:  # fmt: skip
+        self,
+        model,
+        inputs: dict,
+        images: ImageFeatures | None,
+        prompt_len: int,
+        completion_ids: torch.Tensor,
+        mask: torch.Tensor,
+        temperature: float,
+    ) -> torch.Tensor:
         """Per-token log-probs of the completion under ``model``: the text model's final hidden states at the
         positions that predict each completion token, projected to the vocabulary chunk by chunk (never the
         full (N, T, V) logits, never the prompt positions)."""
@@ -168,9 +178,13 @@ class Run:
         hidden = language_hidden_states(model, **inputs, **extra)
         hidden = hidden[:, prompt_len - 1 : -1]
         return token_logprobs_from_hidden(
-            hidden, lm_head_weight(self.model), completion_ids, temperature=temperature,
-            chunk_size=self.logprob_chunk, mask=mask,
-        )  # fmt: skip
+            hidden,
+            lm_head_weight(self.model),
+            completion_ids,
+            temperature=temperature,
+            chunk_size=self.logprob_chunk,
+            mask=mask,
+        )
 
     def optimizer_step(self) -> tuple[float, float]:
         """Clip, step, schedule. Returns (grad norm before clipping, lr used)."""
@@ -187,8 +201,13 @@ class Run:
         """Run until ``total_steps`` (or ``stop_after`` steps, to simulate an interruption in tests).
         Returns the folder of the final adapter."""
         cfg = self.cfg
-        self.progress = progress = tqdm(total=self.total_steps, initial=self.step, disable=not self.dist.is_main,
-                                        desc=self.mode.upper(), dynamic_ncols=True)  # fmt: skip
+        self.progress = progress = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            disable=not self.dist.is_main,
+            desc=self.mode.upper(),
+            dynamic_ncols=True,
+        )
         self.stop_signal.install()
         while self.step < self.total_steps and (stop_after is None or self.step < stop_after):
             t0 = time.perf_counter()
@@ -223,8 +242,16 @@ class Run:
     def save(self) -> Path:
         """Write the checkpoint of the current step (collective); returns its folder."""
         state = {"sampler": self.data.state_dict(), "total_steps": self.total_steps}
-        self._saved_path = checkpoint.save_training(self.run_dir, self.step, state, self.model, self.optimizer,
-                                                    self.scheduler, self.cfg.keep_last, self.dist.is_main)  # fmt: skip
+        self._saved_path = checkpoint.save_training(
+            self.run_dir,
+            self.step,
+            state,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.cfg.keep_last,
+            self.dist.is_main,
+        )
         self._saved_step = self.step
         return self._saved_path
 

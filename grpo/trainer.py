@@ -86,9 +86,15 @@ class Trainer(Run):
     keeps_lora_dropout = False  # GRPO: every pass computes the policy that sampled (module docstring)
 
     def __init__(
-        self, cfg: TrainConfig, resume: bool | str = False, reward_fn=None, loss_fn=None, policy=None,
-        allow_config_change: tuple[str, ...] = (), overwrite: bool = False,
-    ):  # fmt: skip
+        self,
+        cfg: TrainConfig,
+        resume: bool | str = False,
+        reward_fn=None,
+        loss_fn=None,
+        policy=None,
+        allow_config_change: tuple[str, ...] = (),
+        overwrite: bool = False,
+    ):
         """``reward_fn`` replaces the configured RewardCombiner: any callable with the combiner's signature
         ``(completions, references, ref_keys) -> RewardOutput``. ``loss_fn`` replaces the configured loss
         (``grpo.loss``): any callable ``(LossInputs, GRPOConfig) -> (loss, stats)``. These are how
@@ -108,14 +114,22 @@ class Trainer(Run):
         s = self.cfg.sampling
         self.engine = s.engine_for()
         self.sampling_params = s.params(self.model, self.processor)
-        log.info("rollout engine: %s (sampling.engine; merge_lora %s, compile_decode %s)", s.engine,
-                 s.merge_lora, s.compile_decode)  # fmt: skip
+        log.info(
+            "rollout engine: %s (sampling.engine; merge_lora %s, compile_decode %s)",
+            s.engine,
+            s.merge_lora,
+            s.compile_decode,
+        )
         # transformers turns the cache off under gradient checkpointing (the config's, or a given policy's)
         self.prompt_once = (
             self.cfg.grpo.prompt_once and not unwrap_model(self.model).is_activation_checkpointing
         )
-        log.info("log-prob passes: %s", "each prompt once, its completions on its KV cache (grpo.prompt_once)"
-                 if self.prompt_once else "prompt + completion on every row")  # fmt: skip
+        log.info(
+            "log-prob passes: %s",
+            "each prompt once, its completions on its KV cache (grpo.prompt_once)"
+            if self.prompt_once
+            else "prompt + completion on every row",
+        )
 
     @property
     def mu(self) -> int:
@@ -234,32 +248,48 @@ class Trainer(Run):
         every row's prompt + completion."""
         if not self.prompt_once:
             return self.completion_logprobs(
-                model, ro.inputs, ro.images, ro.prompt_len, ro.completion_ids, ro.completion_mask,
+                model,
+                ro.inputs,
+                ro.images,
+                ro.prompt_len,
+                ro.completion_ids,
+                ro.completion_mask,
                 self.cfg.sampling.temperature,
-            )  # fmt: skip
-        hidden = completion_hidden_states(model, ro.prompts, ro.prompt_images, ro.completion_ids,
-                                          ro.completion_mask, ro.group_size)  # fmt: skip
+            )
+        hidden = completion_hidden_states(
+            model, ro.prompts, ro.prompt_images, ro.completion_ids, ro.completion_mask, ro.group_size
+        )
         return token_logprobs_from_hidden(
-            hidden, lm_head_weight(self.model), ro.completion_ids, temperature=self.cfg.sampling.temperature,
-            chunk_size=self.logprob_chunk, mask=ro.completion_mask,
-        )  # fmt: skip
+            hidden,
+            lm_head_weight(self.model),
+            ro.completion_ids,
+            temperature=self.cfg.sampling.temperature,
+            chunk_size=self.logprob_chunk,
+            mask=ro.completion_mask,
+        )
 
     def grpo_update(self, rollouts: list[Rollout]) -> dict[str, float]:
         """Eq. (1) on each micro-batch; the losses add up to the step's loss over all micro-batches and
         ranks, whose token and sequence counts are the aggregation's denominators (docs/design.md)."""
-        counts = {"tokens": sum(ro.loss_mask.sum().item() for ro in rollouts),
-                  "sequences": sum(ro.loss_mask.shape[0] for ro in rollouts)}  # fmt: skip
+        counts = {
+            "tokens": sum(ro.loss_mask.sum().item() for ro in rollouts),
+            "sequences": sum(ro.loss_mask.shape[0] for ro in rollouts),
+        }
         counts = distributed.all_reduce_sums(counts, self.dist.device)
         world = self.dist.world_size  # DDP averages the ranks' gradients: scale back up to their sum
         sums = {"loss": 0.0, "micro_batches": float(len(rollouts))}
         for k, ro in enumerate(rollouts):
             with self._no_sync(last=k == len(rollouts) - 1):
                 batch = LossInputs(
-                    logp=self._rollout_logprobs(self._forward_model(True), ro), old_logp=ro.old_logp,
-                    ref_logp=ro.ref_logp, advantages=ro.advantages, mask=ro.loss_mask,
-                    max_length=self.cfg.sampling.max_new_tokens, step_tokens=counts["tokens"],
+                    logp=self._rollout_logprobs(self._forward_model(True), ro),
+                    old_logp=ro.old_logp,
+                    ref_logp=ro.ref_logp,
+                    advantages=ro.advantages,
+                    mask=ro.loss_mask,
+                    max_length=self.cfg.sampling.max_new_tokens,
+                    step_tokens=counts["tokens"],
                     step_sequences=counts["sequences"],
-                )  # fmt: skip
+                )
                 loss, stats = self.loss_fn(batch, self.cfg.grpo)
                 (loss * world).backward()
             if ro.old_logp is None and ro.sample_logp is not None:  # mu = 1: this is the first recomputation
