@@ -35,6 +35,8 @@ import sys
 from pathlib import Path
 
 from evaluation.ce import AVERAGES, UNCERTAIN_POLICIES
+from model.engine import ENGINES  # the names only: no torch
+from rewards.labeling import LABELER_NAMES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
 
     scoring = parser.add_argument_group("scoring")
-    scoring.add_argument("--labeler", choices=("rules", "chexbert"), default="rules")
+    scoring.add_argument("--labeler", choices=LABELER_NAMES, default="rules")
     scoring.add_argument(
         "--chexbert", type=Path, metavar="PATH", help="chexbert.pth (with --labeler chexbert)"
     )
@@ -147,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_group.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     run_group.add_argument("--temperature", type=float, default=1.0, help="with --sample")
     run_group.add_argument("--top-p", type=float, default=1.0, help="with --sample")
-    run_group.add_argument("--engine", choices=("static", "hf"), help="rollout engine (default: the run's)")
+    run_group.add_argument("--engine", choices=ENGINES, help="rollout engine (default: the run's)")
     run_group.add_argument("--gen-device", default="auto", help="auto | cpu | cuda (the model's device)")
     return parser
 
@@ -300,12 +302,11 @@ def run_curves_mode(args: argparse.Namespace) -> int:
 
 def default_method(args: argparse.Namespace, which: str) -> str:
     """Row name: Base, or the run's stage (SFT for the demo's sft/ folder, else GRPO) and adapter."""
-    import yaml
+    from grpo.run_dir import read_run_config
 
     if args.no_adapter:
         return "Base"
-    mode = (yaml.safe_load((args.run / "config.yaml").read_text()) or {}).get("mode", "grpo")
-    return f"{'SFT' if mode == 'sft' else 'GRPO'} ({which})"
+    return f"{'SFT' if read_run_config(args.run).mode == 'sft' else 'GRPO'} ({which})"
 
 
 def run_generation_mode(args: argparse.Namespace) -> int:

@@ -21,36 +21,36 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
 from pathlib import Path
 
 from transformers import GenerationConfig
 
+from data.files import atomic_dir
 from evaluation.generate import resolve_adapter
-from grpo.config import load_config
-from model.generation import stop_token_ids
-from model.loading import lm_head_weight, load_model_and_processor, suppressed_token_ids
-from model.lora import load_adapter, merge_and_save
+from grpo.run_dir import read_run_config, run_config_file
+from model.lora import merge_and_save
 
 log = logging.getLogger("export")
 PROVENANCE_FILE = "mrg_grpo_export.json"
 
 
 def sampling_generation_config(model, tokenizer, sampling) -> GenerationConfig:
-    """The run's sampling section as a GenerationConfig: what ``generate()`` and servers use by default.
+    """The run's sampling section (``SamplingConfig.params``: its stop and suppressed ids included) as a
+    GenerationConfig: what ``generate()`` and servers use by default.
 
     Greedy decoding (what evaluate.py reports) is ``do_sample=False`` at call time."""
+    params = sampling.params(model, tokenizer)
     return GenerationConfig(
         do_sample=True,
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
+        temperature=params.temperature,
+        top_p=params.top_p,
         top_k=0,
-        max_new_tokens=sampling.max_new_tokens,
-        eos_token_id=stop_token_ids(model, tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
+        max_new_tokens=params.max_new_tokens,
+        eos_token_id=list(params.stop_ids),
+        pad_token_id=params.pad_id,
         bos_token_id=tokenizer.bos_token_id,
-        suppress_tokens=suppressed_token_ids(tokenizer, lm_head_weight(model).shape[0], sampling.ascii_only),
+        suppress_tokens=list(params.suppress_ids),
     )
 
 
@@ -71,38 +71,26 @@ def _readable_like_other_files(folder: Path) -> None:
             path.chmod(0o666 & ~umask)
 
 
-def run_config_file(run_dir: Path) -> Path:
-    config_file = Path(run_dir) / "config.yaml"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{config_file} not found: --run must be a training run folder")
-    return config_file
-
-
 def export_merged(run_dir: str | Path, out_dir: str | Path, adapter_dir: str | Path,
                   dtype: str | None = None, device: str = "cpu") -> Path:  # fmt: skip
     """Merge ``adapter_dir`` into the run's base model and write the folder ``out_dir`` (atomically)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"--out {out_dir} exists and is not empty; choose another folder or remove it")
-    cfg = load_config(run_config_file(run_dir))
+    cfg = read_run_config(run_dir)
     m = cfg.model
     dtype = dtype or (m.dtype if m.dtype != "auto" else checkpoint_dtype(m.path))
-    model, processor = load_model_and_processor(m.path, device=device, dtype=dtype,
-                                                min_pixels=m.min_pixels, max_pixels=m.max_pixels)  # fmt: skip
-    model.generation_config = sampling_generation_config(model, processor.tokenizer, cfg.sampling)
-    peft_model = load_adapter(model, adapter_dir, is_trainable=False)
+    peft_model, processor = m.load_trained(device, adapter_dir, dtype=dtype, merge=False)
+    base = peft_model.get_base_model()
+    base.generation_config = sampling_generation_config(base, processor.tokenizer, cfg.sampling)
 
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merge_and_save(peft_model, tmp, processor)
     provenance = {"run": str(run_dir.resolve()), "adapter": str(Path(adapter_dir).resolve()),
                   "base_model": str(Path(m.path).resolve()), "dtype": str(dtype),
                   "min_pixels": m.min_pixels, "max_pixels": m.max_pixels}  # fmt: skip
-    (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
-    _readable_like_other_files(tmp)
-    if out_dir.exists():
-        out_dir.rmdir()  # empty (checked above)
-    tmp.rename(out_dir)
+    with atomic_dir(out_dir, tmp=out_dir.with_name(out_dir.name + ".tmp")) as tmp:  # out_dir: absent or empty
+        merge_and_save(peft_model, tmp, processor)
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
+        _readable_like_other_files(tmp)
     log.info("exported %s merged into %s -> %s", adapter_dir, m.path, out_dir)
     return out_dir
 

@@ -23,13 +23,13 @@ import argparse
 import dataclasses
 import logging
 import os
-import shutil
 import sys
 import textwrap
 from pathlib import Path
 
 import yaml
 
+from data.files import atomic_dir
 from data.fingerprint import DataDriftError
 from data.images import ImageLoadError
 from data.r2gen import AnnotationError
@@ -56,16 +56,9 @@ def prepare_assets(cfg: TrainConfig, is_main: bool) -> None:
         from data.synthetic import generate_world
 
         log.info("generating the synthetic world (%d studies) in %s", cfg.data.synthetic_n, annotation.parent)
-        tmp = annotation.parent.with_name(annotation.parent.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        generate_world(
-            tmp,
-            n=cfg.data.synthetic_n,
-            seed=cfg.data.synthetic_seed,
-            image_size=cfg.data.synthetic_image_size,
-        )
-        shutil.rmtree(annotation.parent, ignore_errors=True)
-        tmp.rename(annotation.parent)
+        with atomic_dir(annotation.parent) as tmp:
+            generate_world(tmp, n=cfg.data.synthetic_n, seed=cfg.data.synthetic_seed,
+                           image_size=cfg.data.synthetic_image_size)  # fmt: skip
     if is_main and cfg.model.build_tiny and not (model_dir / "config.json").exists():
         from data.synthetic import world_texts
         from model.tiny import build_tiny_model
@@ -73,11 +66,8 @@ def prepare_assets(cfg: TrainConfig, is_main: bool) -> None:
         log.info("building the tiny Qwen2.5-VL in %s", model_dir)
         prompt = cfg.data.prompt
         texts = [*world_texts(annotation), prompt.system, prompt.instruction, cfg.sft.target_template]
-        tmp = model_dir.with_name(model_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        build_tiny_model(tmp, texts, seed=cfg.seed)
-        shutil.rmtree(model_dir, ignore_errors=True)
-        tmp.rename(model_dir)
+        with atomic_dir(model_dir) as tmp:
+            build_tiny_model(tmp, texts, seed=cfg.seed)
     if is_main and cfg.model.build_base and not (model_dir / "config.json").exists():
         from demo.base import BaseRecipe, build_base_model
 

@@ -91,7 +91,7 @@ def main() -> None:
     with torch.no_grad():  # an adapter away from zero, so the policy differs from the reference
         for p in trainer.params:
             p.add_(0.01 * torch.randn_like(p))
-    ro = trainer.sample(trainer._draw_step()[0])
+    ro = trainer.sample_group(trainer._draw_step()[0])
 
     times: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
     logps = {}

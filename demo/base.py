@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -32,10 +31,12 @@ import numpy as np
 import torch
 
 from data.batching import append_completion, collate_prompts, load_images, tokenize_targets
+from data.files import atomic_dir
 from data.prompts import PromptConfig
 from data.r2gen import load_annotation
 from data.synthetic import generate_world, world_texts
 from model.loading import load_model_and_processor
+from model.optim import cosine_lr_factor
 from model.tiny import TinySizes, build_tiny_model
 from rewards.vocabulary import FINDINGS, POSITIVE, UNCERTAIN
 
@@ -110,12 +111,8 @@ def finding_targets(samples) -> torch.Tensor:
 
 
 def _cosine_with_warmup(optimizer, steps: int, warmup: int):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    """model/optim's schedule with the recipe's warm-up given in steps (not as a share)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_lr_factor(step, steps, warmup))
 
 
 def _batches(n: int, batch_size: int, steps: int, rng: np.random.Generator):
@@ -230,9 +227,7 @@ def build_base_model(
     """Make the base checkpoint folder at ``out_dir`` (written to a temporary folder, then renamed)."""
     recipe = recipe or BaseRecipe()
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    work = Path(work_dir) if work_dir else tmp / "_work"
+    work = Path(work_dir) if work_dir else out_dir.with_name(out_dir.name + ".tmp-work")
     world = work / "pretrain-world"
     annotation = world / "annotation.json"
     if not annotation.exists():
@@ -249,18 +244,16 @@ def build_base_model(
     probe = FindingProbe(model.config.text_config.hidden_size, len(FINDINGS))
     finding_losses = pretrain_vision(model, processor, samples, probe, recipe)
     losses = pretrain(model, processor, samples, probe, recipe)
-    tmp.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    for name in ("tiny_sizes.json",):
-        shutil.copy(init / name, tmp / name)
     record = {**asdict(recipe), "final_report_loss": float(np.mean(losses[-50:])),
               "stage1_finding_loss": float(np.mean(finding_losses[-50:]))}  # fmt: skip
-    (tmp / "base_recipe.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        for name in ("tiny_sizes.json",):
+            shutil.copy(init / name, tmp / name)
+        (tmp / "base_recipe.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     if work_dir is None:
         shutil.rmtree(work, ignore_errors=True)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
     return out_dir
 
 

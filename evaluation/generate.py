@@ -73,18 +73,12 @@ def generate_split(
     first of each study when ``per_study``; rank 0 gets all). ``labels`` are the true codes, or None."""
     from data.batching import collate_prompts
     from grpo import distributed
-    from grpo.config import load_config
-    from model.engine import SamplingParams, make_engine
-    from model.generation import split_completions, stop_token_ids
-    from model.loading import lm_head_weight, load_model_and_processor, suppressed_token_ids
-    from model.lora import load_adapter
+    from grpo.run_dir import read_run_config
+    from model.generation import split_completions
 
     decoding = decoding or Decoding()
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    config_file = run_dir / "config.yaml"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{config_file} not found: --run must be a training run folder")
-    cfg = load_config(config_file)
+    cfg = read_run_config(run_dir)
     info = distributed.setup(device)
     d = cfg.data
     samples = d.load_samples(split)
@@ -103,26 +97,22 @@ def generate_split(
              len(mine) - len(todo), adapter or "the base model")  # fmt: skip
 
     if todo:
-        m = cfg.model
-        model, processor = load_model_and_processor(m.path, device=info.device, dtype=m.dtype,
-                                                    attn_implementation=m.attn_implementation,
-                                                    min_pixels=m.min_pixels, max_pixels=m.max_pixels)  # fmt: skip
-        if adapter is not None:
-            model = load_adapter(model, adapter, is_trainable=False).merge_and_unload()
-        model.eval()
+        model, processor = cfg.model.load_trained(info.device, adapter)
         tokenizer = processor.tokenizer
-        engine_name = decoding.engine or cfg.sampling.engine
-        engine = make_engine(engine_name, cfg.sampling.compile_decode, cfg.sampling.merge_lora)
-        log.info("generation engine: %s", engine_name)
-        # every field that shapes the distribution comes from here, none from the checkpoint
-        params = SamplingParams(
+        engine = cfg.sampling.engine_for(decoding.engine)
+        log.info("generation engine: %s", decoding.engine or cfg.sampling.engine)
+        # every field that shapes the distribution comes from here, none from the checkpoint; the stop and
+        # suppressed ids (the tokens training never drew) are the run's
+        params = cfg.sampling.params(
+            model,
+            processor,
             max_new_tokens=decoding.max_new_tokens or cfg.sampling.max_new_tokens,
-            stop_ids=tuple(stop_token_ids(model, tokenizer)), pad_id=tokenizer.pad_token_id,
-            suppress_ids=tuple(suppressed_token_ids(processor, lm_head_weight(model).shape[0],
-                                                    cfg.sampling.ascii_only)),  # the tokens training never drew
             do_sample=decoding.do_sample,
-            temperature=decoding.temperature, top_p=decoding.top_p,
-        )  # fmt: skip
+            temperature=decoding.temperature,
+            top_p=decoding.top_p,
+            min_new_tokens=0,
+            num_samples=1,
+        )
         with open(part_file, "a") as sink, torch.no_grad():
             batches = range(0, len(todo), decoding.batch_size)
             for start in tqdm(batches, disable=not info.is_main, desc=f"generate {split}"):

@@ -35,8 +35,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from peft import set_peft_model_state_dict
+from safetensors.torch import load_file
 
+from data.files import atomic_dir
 from grpo import distributed
+from model import lora
 
 log = logging.getLogger(__name__)
 
@@ -132,20 +136,15 @@ def save_checkpoint(
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
-    tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_adapter(tmp / "adapter")
-    torch.save(optimizer_state, tmp / "optimizer.pt")
-    torch.save(scheduler_state, tmp / "scheduler.pt")
-    torch.save(rng_states, tmp / "rng.pt")
-    (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "step": step}, indent=2))
-    write_manifest(tmp)
-    _fsync_tree(tmp)
-    if final.exists():  # a re-run of the same step: replace it
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    # a re-run of the same step replaces it
+    with atomic_dir(final, tmp=root / f".tmp-step-{step:06d}-{os.getpid()}") as tmp:
+        save_adapter(tmp / "adapter")
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+        torch.save(scheduler_state, tmp / "scheduler.pt")
+        torch.save(rng_states, tmp / "rng.pt")
+        (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "step": step}, indent=2))
+        write_manifest(tmp)
+        _fsync_tree(tmp)
     prune(root, keep_last)
     return final
 
@@ -261,3 +260,50 @@ def find_resumable(run_dir: Path, rank: int) -> dict | None:
             f"no usable checkpoint under {Path(run_dir) / 'checkpoints'}: " + "; ".join(problems)
         )
     return None
+
+
+# ------------------------------------------------------------------------------------- the training state
+
+
+def save_training(run_dir: Path, step: int, trainer_state: dict, model, optimizer, scheduler, keep_last: int,
+                  is_main: bool) -> Path:  # fmt: skip
+    """Write the checkpoint of ``step`` from a live run: the policy adapter, the optimizer (ZeRO-1 shards
+    gathered on rank 0 first), the scheduler and every rank's RNG state. Collective; returns its folder."""
+    if hasattr(optimizer, "consolidate_state_dict"):
+        optimizer.consolidate_state_dict(to=0)
+    save_checkpoint(
+        run_dir, step, trainer_state, lambda folder: lora.save_adapter(model, folder, lora.POLICY),
+        optimizer.state_dict() if is_main else None, scheduler.state_dict(), keep_last, is_main,
+    )  # fmt: skip
+    distributed.barrier()
+    return Path(run_dir) / "checkpoints" / f"step-{step:06d}"
+
+
+def restore_training(state: dict, model, optimizer, scheduler) -> None:
+    """Load a checkpoint read by ``load_checkpoint`` into a live run: adapter weights, optimizer and scheduler
+    state, this rank's RNG. The optimizer's hyperparameters and the lr schedule come from the current config
+    (the saved one, unless --allow-config-change accepted a change)."""
+    load_policy_weights(model, state["adapter_dir"])
+    configured = [{k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")}
+                  for g in optimizer.param_groups]  # fmt: skip
+    base_lrs = list(scheduler.base_lrs)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scheduler.base_lrs = base_lrs
+    for group, hyper, base_lr, factor in zip(
+        optimizer.param_groups, configured, base_lrs, scheduler.lr_lambdas
+    ):
+        group.update(hyper, initial_lr=base_lr, lr=base_lr * factor(scheduler.last_epoch))
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+    set_rng_state(state["rng"])
+
+
+def load_policy_weights(model, adapter_dir: Path) -> None:
+    """Load saved LoRA weights into the existing trainable "policy" adapter (resume)."""
+    weights = load_file(
+        str(Path(adapter_dir) / "adapter_model.safetensors"), device=str(next(model.parameters()).device)
+    )
+    result = set_peft_model_state_dict(model, weights, adapter_name=lora.POLICY)
+    missing = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+    if missing:
+        raise RuntimeError(f"{adapter_dir}: adapter weights did not match the model: {missing[:3]}")

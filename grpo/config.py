@@ -24,8 +24,11 @@ import yaml
 from data.prompts import PromptConfig  # the prompt texts: system turn and instruction
 from grpo.advantages import SCALES
 from grpo.loss import AGGREGATIONS, load_loss
-from model.engine import ENGINES
-from rewards.combine import TERM_NAMES
+from model.engine import ENGINES, SamplingParams, make_engine
+from model.generation import sampling_params
+from model.loading import load_model_and_processor
+from model.lora import add_policy_adapter, load_adapter
+from rewards.combine import PAPER_WEIGHTS, TERM_NAMES
 from rewards.labeling import LABELER_NAMES
 
 
@@ -55,6 +58,35 @@ class ModelConfig:
         None  # start from this adapter (e.g. after SFT); a frozen copy is the reference
     )
     lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def load_base(self, device, dtype: str | None = None, training: bool = False):
+        """``(model, processor)`` of the checkpoint at ``path`` as this section configures it (``dtype``
+        overrides ``self.dtype``; gradient checkpointing only for ``training``)."""
+        return load_model_and_processor(
+            self.path, device=device, dtype=dtype or self.dtype, attn_implementation=self.attn_implementation,
+            min_pixels=self.min_pixels, max_pixels=self.max_pixels,
+            gradient_checkpointing=training and self.gradient_checkpointing,
+        )  # fmt: skip
+
+    def load_policy(self, device, policy=None):
+        """The policy to train: the base (or ``policy`` = ``(model, processor)`` already built) with a fresh
+        trainable LoRA adapter as ``lora`` configures it, or ``init_adapter``'s weights; in train mode."""
+        model, processor = policy if policy is not None else self.load_base(device, training=True)
+        kwargs = {"target_regex": self.lora.target_regex} if self.lora.target_regex else {}
+        model = add_policy_adapter(model, rank=self.lora.rank, alpha=self.lora.alpha, dropout=self.lora.dropout,
+                                   init_from=self.init_adapter, **kwargs)  # fmt: skip
+        model.train()
+        return model, processor
+
+    def load_trained(self, device, adapter: str | Path | None, dtype: str | None = None, merge: bool = True):
+        """A trained model to run or export: the base with ``adapter`` (None: the base alone), frozen, merged
+        into the weights unless ``merge=False`` (then the PeftModel); in eval mode."""
+        model, processor = self.load_base(device, dtype)
+        if adapter is not None:
+            model = load_adapter(model, adapter, is_trainable=False)
+            model = model.merge_and_unload() if merge else model
+        model.eval()
+        return model, processor
 
 
 @dataclass
@@ -104,6 +136,19 @@ class SamplingConfig:
     # projections lives during the rollout only) or keep the adapter's terms (no copy, 2 extra matmuls each)
     merge_lora: bool = True
 
+    def params(self, model, processor, **decoding) -> SamplingParams:
+        """What the engine samples with for ``model``: this section's fields, ``decoding`` overriding any of
+        them (evaluation decodes greedily, with its own budget), plus the model's stop and suppressed ids."""
+        fields = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
+                  "min_new_tokens": self.min_new_tokens, "num_samples": self.group_size, **decoding}  # fmt: skip
+        return sampling_params(model, processor, ascii_only=self.ascii_only, **fields)
+
+    def engine_for(self, name: str | None = None):
+        """The rollout engine ``name`` (default: this section's ``engine``) with this section's options."""
+        return make_engine(
+            name or self.engine, compile_decode=self.compile_decode, merge_lora=self.merge_lora
+        )
+
 
 @dataclass
 class GRPOConfig:
@@ -126,7 +171,7 @@ class GRPOConfig:
 
 @dataclass
 class RewardConfig:
-    weights: dict[str, float] = field(default_factory=lambda: {"mccs": 0.75, "format": 0.25})
+    weights: dict[str, float] = field(default_factory=lambda: dict(PAPER_WEIGHTS))  # rewards/combine.py
     labeler: str = "rules"  # rules | chexbert
     chexbert_path: str | None = None
     chexbert_tokenizer: str | None = None

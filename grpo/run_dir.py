@@ -21,8 +21,9 @@ from pathlib import Path
 
 import yaml
 
-from grpo import checkpoint
-from grpo.config import TrainConfig, check_resume_config, to_dict
+from data.files import write_text_atomic
+from grpo import checkpoint, distributed
+from grpo.config import TrainConfig, check_resume_config, load_config, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,7 @@ def check_writable(folder: Path) -> None:
 
 
 def _write_config(run_dir: Path, cfg: TrainConfig) -> None:
-    tmp = run_dir / f".{CONFIG_FILE}.tmp"
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    os.replace(tmp, run_dir / CONFIG_FILE)
+    write_text_atomic(run_dir / CONFIG_FILE, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def _read_saved_config(run_dir: Path) -> dict | None:
@@ -138,3 +137,36 @@ def start(
                         ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()))  # fmt: skip
     _write_config(run_dir, cfg)
     return state
+
+
+def start_on_all_ranks(cfg: TrainConfig, dist: distributed.DistInfo, resume: bool | str = False,
+                       allow_changes: Sequence[str] = (), overwrite: bool = False) -> dict | None:  # fmt: skip
+    """``start`` on rank 0, its outcome shared: every rank raises the same error, or reads its own RNG state
+    from the same checkpoint. Returns that checkpoint, read, or None for a fresh start."""
+    outcome: tuple = (None, None)
+    state = None
+    if dist.is_main:
+        try:
+            state = start(cfg, resume, allow_changes, overwrite)
+            outcome = (None, state["path"] if state else None)
+        except Exception as err:  # shared with the other ranks, so they stop too instead of waiting
+            outcome = (err, None)
+    error, path = distributed.broadcast_object(outcome)
+    if error is not None:
+        raise error
+    if path is not None and not dist.is_main:
+        state = checkpoint.load_checkpoint(path, dist.rank)
+    return state
+
+
+def run_config_file(run_dir: str | Path) -> Path:
+    """The ``config.yaml`` of a training run folder; FileNotFoundError when ``run_dir`` is none."""
+    config_file = Path(run_dir) / CONFIG_FILE
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file} not found: --run must be a training run folder")
+    return config_file
+
+
+def read_run_config(run_dir: str | Path) -> TrainConfig:
+    """The config a training run folder was trained with (evaluation, export)."""
+    return load_config(run_config_file(run_dir))

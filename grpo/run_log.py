@@ -18,28 +18,112 @@ TensorBoard events (``log.tensorboard``, the ``log`` extra) and to Weights & Bia
     completion_len       mean completion length in tokens
     truncated_frac       fraction of completions that hit max_new_tokens without EOS
     format_ok            fraction of completions with full format compliance (when the reward reports it)
+    rollout/logprob_gap  mean |engine log-prob - recomputed log-prob| per completion token (static engine):
+                         numerical drift between sampling and the loss, ~0
     grad_norm            gradient norm before clipping
     lr                   learning rate used for the step
     step_time_s          wall time of the step
     tokens_per_s         completion tokens generated per second of the step (all ranks)
     time/<phase>         seconds per phase: generate, reward, logprob_ref, train (forward+backward), optim
     skipped_images       samples dropped from the step because an image would not decode (data.skip_bad)
+
+The trainer keeps sums per micro-batch (``rollout_stats``, the update's loss sums); ``metrics_row`` reduces
+them over ranks into the row.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import uuid
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from data.files import write_text_atomic
+from grpo import distributed
 from grpo.config import LogConfig
 
 log = logging.getLogger(__name__)
 
 
 WANDB_ID_FILE = "wandb-run-id.txt"  # a resumed run continues the same W&B run
+
+
+def rollout_stats(ro) -> dict[str, float]:
+    """Sums over one micro-batch of rollouts (grpo.trainer.Rollout), turned into the step's means by
+    ``metrics_row``."""
+    rewards, groups = ro.rewards, ro.rewards.view(-1, ro.group_size)
+    stats = {
+        "n": float(rewards.numel()),
+        "groups": float(groups.shape[0]),
+        "reward": rewards.sum().item(),
+        "reward_sq": (rewards**2).sum().item(),
+        "adv_sq": (ro.advantages**2).sum().item(),
+        "adv": ro.advantages.sum().item(),
+        "zero_std_groups": (groups.max(dim=1).values == groups.min(dim=1).values).sum().item(),
+        "completion_tokens": ro.completion_mask.sum().item(),
+        "truncated": ro.truncated.sum().item(),
+    }
+    if ro.scored.format_ok is not None:
+        stats["format_ok"] = float(np.sum(ro.scored.format_ok))
+    for name, values in ro.scored.terms.items():
+        stats[f"reward/{name}"] = float(np.sum(values))
+    return stats
+
+
+def logprob_gap_sum(recomputed: torch.Tensor, sampled: torch.Tensor, mask: torch.Tensor) -> float:
+    """Sum over completion tokens of |log-prob the loss computes - log-prob the rollout engine computed|: both
+    are log_softmax(logits / T) of the same tokens (LoRA dropout is 0 in GRPO), so this is numerical drift,
+    logged per token as ``rollout/logprob_gap``."""
+    return ((recomputed - sampled).abs() * mask).sum().item()
+
+
+def examples(ro) -> list[dict]:
+    """A few decoded completions of a micro-batch of rollouts with their rewards, for samples.jsonl."""
+    G = ro.group_size
+    return [
+        {"study_id": ro.samples[i // G].study_id, "reward": float(ro.scored.total[i]),
+         "completion": ro.texts[i], "reference": ro.samples[i // G].report}
+        for i in range(min(len(ro.texts), 2 * G))
+    ]  # fmt: skip
+
+
+def metrics_row(sums: dict, step: int, grad_norm: float, lr: float, step_time: float, device) -> dict:
+    """Reduce the step's sums over ranks (collective) into the metrics.jsonl row: ``loss`` is summed (each
+    rank logs its share), every ``loss/<name>`` averaged over micro-batches and ranks, ``time/<phase>`` this
+    rank's own."""
+    timings = {k: v for k, v in sums.items() if k.startswith("time/")}
+    counts = {k: v for k, v in sums.items() if not k.startswith("time/")}
+    total = distributed.all_reduce_sums(counts, device)
+    row: dict = {"step": step, "loss": total["loss"]}
+    micro_batches = max(total.get("micro_batches", 1.0), 1.0)
+    for key in sorted(k for k in total if k.startswith("loss/")):
+        row[key] = total[key] / micro_batches
+    n = max(total.get("n", 0.0), 1.0)
+    if "reward" in total:
+        row["reward"] = total["reward"] / n
+        for key in sorted(k for k in total if k.startswith("reward/")):
+            row[key] = total[key] / n
+        row["reward_std"] = math.sqrt(max(total["reward_sq"] / n - row["reward"] ** 2, 0.0))
+        row["adv_std"] = math.sqrt(max(total["adv_sq"] / n - (total["adv"] / n) ** 2, 0.0))
+        row["frac_zero_std_groups"] = total["zero_std_groups"] / max(total["groups"], 1.0)
+        row["truncated_frac"] = total["truncated"] / n
+    if "format_ok" in total:
+        row["format_ok"] = total["format_ok"] / n
+    row["completion_len"] = total.get("completion_tokens", 0.0) / n
+    if "logprob_gap" in total:
+        row["rollout/logprob_gap"] = total["logprob_gap"] / max(total.get("completion_tokens", 0.0), 1.0)
+    row["skipped_images"] = int(total.get("skipped_images", 0.0))
+    row["grad_norm"] = grad_norm
+    row["lr"] = lr
+    row["step_time_s"] = distributed.all_reduce_max(step_time, device)
+    row["tokens_per_s"] = total.get("completion_tokens", 0.0) / max(row["step_time_s"], 1e-9)
+    row.update(timings)
+    return row
 
 
 class RunLog:
@@ -100,9 +184,7 @@ class RunLog:
                         raise ValueError(f"{path}: line {number} is not JSON") from None
                     if row["step"] <= step:
                         kept.append(line)
-                tmp = path.with_name(f".{name}.tmp")
-                tmp.write_text("".join(line + "\n" for line in kept))
-                tmp.replace(path)
+                write_text_atomic(path, "".join(line + "\n" for line in kept))
 
     def close(self) -> None:
         if self._tb is not None:

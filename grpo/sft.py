@@ -1,7 +1,7 @@
 """Supervised fine-tuning: token cross-entropy on the reference reports (the paper's "Base + SFT" row of
 Table II, and the demo's warm start before GRPO).
 
-It shares the GRPO trainer's setup, optimizer, logging and checkpoints (grpo/trainer.py); only the step
+It shares the run's setup, optimizer, logging and checkpoints with GRPO (grpo/run.py); only the step
 differs, and LoRA dropout stays on (it regularizes SFT; GRPO turns it off, docs/design.md).
 """
 
@@ -12,16 +12,17 @@ import time
 import torch
 
 from data.batching import append_completion, tokenize_targets
+from grpo.run import Run
 from grpo.trainer import Trainer
+from model.generation import stop_token_ids
 
 
-class SFTTrainer(Trainer):
+class SFTTrainer(Run):
     mode = "sft"
-    mu = 1  # one optimizer step per batch
     keeps_lora_dropout = True
 
-    def _build_reward(self):
-        return None
+    def _after_model(self) -> None:
+        self.stop_id = stop_token_ids(self.model, self.tokenizer)[0]  # what each target ends with
 
     def train_step(self) -> dict[str, float]:
         """The gradients of one optimizer step: mean token cross-entropy of each micro-batch's targets."""
@@ -47,10 +48,10 @@ class SFTTrainer(Trainer):
         return sums
 
     def _tokenize_targets(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, mask = tokenize_targets(self.tokenizer, texts, self.stop_ids[0])
+        ids, mask = tokenize_targets(self.tokenizer, texts, self.stop_id)
         return ids.to(self.dist.device), mask.to(self.dist.device)
 
 
-def make_trainer(cfg, **kwargs) -> Trainer:
-    """The trainer of ``cfg.mode``: GRPO (grpo/trainer.py) or SFT (this module)."""
+def make_trainer(cfg, **kwargs) -> Run:
+    """The run of ``cfg.mode``: GRPO (grpo/trainer.py) or SFT (this module)."""
     return (SFTTrainer if cfg.mode == "sft" else Trainer)(cfg, **kwargs)

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
+from model.engine import SamplingParams
+from model.loading import lm_head_weight, suppressed_token_ids
+
 
 @dataclass
 class Completions:
@@ -42,3 +45,18 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids.extend(configured if isinstance(configured, list) else [configured] if configured is not None else [])
     return list(dict.fromkeys(ids))
+
+
+def sampling_params(
+    model, processor, *, max_new_tokens: int, ascii_only: bool = False, **fields
+) -> SamplingParams:
+    """SamplingParams for ``model``: its stop ids (``stop_token_ids``), the tokenizer's pad id and the tokens
+    it must never draw (``suppressed_token_ids``: the vision tokens, with ``ascii_only`` the non-ASCII ones);
+    ``fields``: SamplingParams' other fields (temperature, top_p, do_sample, num_samples, ...)."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    return SamplingParams(
+        max_new_tokens=max_new_tokens, stop_ids=tuple(stop_token_ids(model, tokenizer)),
+        pad_id=tokenizer.pad_token_id,
+        suppress_ids=tuple(suppressed_token_ids(processor, lm_head_weight(model).shape[0], ascii_only)),
+        **fields,
+    )  # fmt: skip

@@ -34,7 +34,7 @@ from rewards.vocabulary import NUM_OBSERVATIONS, validate_codes
 
 TERM_NAMES = ("mccs", "format", "cef1", "nlg")
 LABEL_TERMS = frozenset({"mccs", "cef1"})
-PAPER_WEIGHTS: dict[str, float] = {"mccs": 0.75, "format": 0.25}
+PAPER_WEIGHTS: dict[str, float] = {"mccs": 0.75, "format": 0.25}  # the default of config reward.weights
 
 logger = logging.getLogger(__name__)
 
@@ -109,10 +109,6 @@ class RewardCombiner:
             self.nlg = NLGReward(nlg_train_references)
         self._reference_labels: dict[Hashable, np.ndarray] = {}
         self._reference_fingerprints: dict[Hashable, int] = {}
-
-    @property
-    def num_cached_references(self) -> int:
-        return len(self._reference_labels)
 
     def __call__(
         self, completions: Sequence[str], references: Sequence[str], ref_keys: Sequence[Hashable]

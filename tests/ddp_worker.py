@@ -27,6 +27,10 @@ def flat(params):
     return torch.cat([p.detach().flatten().double() for p in params])
 
 
+def last_logged(run_dir):
+    return json.loads((Path(run_dir) / "metrics.jsonl").read_text().splitlines()[-1])
+
+
 def main():
     out, overrides = Path(sys.argv[1]), sys.argv[2:]
     trainer = Trainer(load_config(None, overrides), reward_fn=letter_e_reward)
@@ -40,7 +44,7 @@ def main():
             "world_size": trainer.dist.world_size,
             "max_abs_diff_between_ranks": max(float((t - everyone[0]).abs().max()) for t in everyone),
             "moved": float((after - before).norm()),
-            "grad_signal": trainer.last_grad_norm,
+            "grad_signal": last_logged(trainer.run_dir)["grad_norm"],
             "same_dataset": all(s == seen[0] for s in seen),
         }))  # fmt: skip
     trainer.close()

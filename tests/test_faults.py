@@ -27,13 +27,13 @@ import torch
 import yaml
 
 import train
+from data.sharding import ShardedBatches
 from grpo import checkpoint
 from grpo.checkpoint import CheckpointError
-from grpo.config import ConfigDriftError, ConfigError, load_config
+from grpo.config import ConfigDriftError, ConfigError, ModelConfig, load_config
 from grpo.preemption import Preempted
 from grpo.run_dir import RunFolderError
-from grpo.sampler import ShardedBatches
-from grpo.trainer import TIMING_KEYS, Trainer
+from grpo.trainer import Trainer
 from model.optim import cosine_lr_factor
 from rewards.combine import RewardOutput
 
@@ -86,9 +86,14 @@ def run(cfg, **kwargs):
     return trainer
 
 
+WALL_CLOCK_KEYS = ("step_time_s", "tokens_per_s")  # differ between identical runs, as time/<phase>
+
+
 def metrics(run_dir):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS and not k.startswith("time/")} for r in rows]
+    return [
+        {k: v for k, v in r.items() if k not in WALL_CLOCK_KEYS and not k.startswith("time/")} for r in rows
+    ]
 
 
 def assert_same_run(a_dir, b_dir):
@@ -144,10 +149,10 @@ def one_line_error(capsys) -> str:
 def no_model_load(monkeypatch):
     """Fail the test if the policy model would be loaded (the check must come before it)."""
 
-    def refuse(self, policy=None):
+    def refuse(self, device, policy=None):
         raise AssertionError("the model was loaded before the error")
 
-    monkeypatch.setattr(Trainer, "_load_policy", refuse)
+    monkeypatch.setattr(ModelConfig, "load_policy", refuse)
 
 
 # ------------------------------------------------------------------------------------------ preemption
@@ -395,7 +400,7 @@ def broken_world(world, tmp_path):
 def test_a_truncated_png_is_skipped_and_counted_with_skip_bad(tiny_model_dir, broken_world, tmp_path, caplog):
     annotation, bad = broken_world
     cfg = make_cfg(tiny_model_dir, annotation, tmp_path / "run", "max_steps=2", "data.skip_bad=true")
-    with caplog.at_level(logging.WARNING, logger="grpo.trainer"):
+    with caplog.at_level(logging.WARNING, logger="data.sharding"):
         run(cfg)
     rows = metrics(tmp_path / "run")
     assert [r["step"] for r in rows] == [1, 2] and rows[0]["skipped_images"] >= 1

@@ -26,8 +26,17 @@ ALLOWED: dict[str, set[str]] = {
     DATA: {VOCABULARY},
     MODEL: {VOCABULARY, DATA},
     GRPO: {VOCABULARY, REWARDS, DATA, MODEL},
-    # grpo's config, checkpoints and torchrun plumbing, never its trainer
-    EVALUATION: {VOCABULARY, REWARDS, DATA, MODEL, "grpo.config", "grpo.checkpoint", "grpo.distributed"},
+    # grpo's config, checkpoints, run folder and torchrun plumbing, never its trainer
+    EVALUATION: {
+        VOCABULARY,
+        REWARDS,
+        DATA,
+        MODEL,
+        "grpo.config",
+        "grpo.checkpoint",
+        "grpo.distributed",
+        "grpo.run_dir",
+    },
 }
 
 

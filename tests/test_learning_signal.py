@@ -34,8 +34,8 @@ def greedy_reports(trainer, samples) -> list[str]:
     model.eval()
     with torch.no_grad():
         out = model.generate(**batch, do_sample=False, max_new_tokens=trainer.cfg.sampling.max_new_tokens,
-                             eos_token_id=trainer.stop_ids, pad_token_id=processor.tokenizer.pad_token_id,
-                             suppress_tokens=trainer.suppress_ids)  # fmt: skip
+                             eos_token_id=list(trainer.sampling_params.stop_ids), pad_token_id=processor.tokenizer.pad_token_id,
+                             suppress_tokens=list(trainer.sampling_params.suppress_ids))  # fmt: skip
     model.train()
     texts = processor.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     return [extract_report(t) for t in texts]

@@ -10,7 +10,7 @@ import torch
 
 from grpo.config import load_config
 from grpo.sft import SFTTrainer
-from grpo.trainer import TIMING_KEYS, Trainer
+from grpo.trainer import Trainer
 from rewards.combine import RewardOutput
 
 
@@ -34,6 +34,9 @@ def letter_e_reward(completions, references, keys):
     """A planted task a policy can learn from scratch: the share of the letter e in what it writes."""
     r = np.array([t.count("e") / max(len(t), 1) for t in completions], dtype=np.float32)
     return RewardOutput(total=r, terms={"e_share": r})
+
+
+WALL_CLOCK_KEYS = ("step_time_s", "tokens_per_s")  # differ between identical runs, as time/<phase>
 
 
 def read_metrics(run_dir):
@@ -72,7 +75,8 @@ def test_resumed_run_logs_the_same_metrics_as_an_uninterrupted_one(tiny_model_di
 
     def strip(rows):
         return [
-            {k: v for k, v in r.items() if k not in TIMING_KEYS and not k.startswith("time/")} for r in rows
+            {k: v for k, v in r.items() if k not in WALL_CLOCK_KEYS and not k.startswith("time/")}
+            for r in rows
         ]
 
     a, b = strip(read_metrics(tmp_path / "straight")), strip(read_metrics(tmp_path / "resumed"))

@@ -56,12 +56,12 @@ def test_completion_logprobs_are_the_models_own_with_images_left_padding_and_gro
         make_image(h, w, seed=k).save(tmp_path / f"view{k}.png")
         paths.append(tmp_path / f"view{k}.png")
     samples = [Sample(f"s{k}", f"s{k}", (p,), "no finding", None, "train") for k, p in enumerate(paths)]
-    ro = trainer.sample(samples)
+    ro = trainer.sample_group(samples)
     G = 3
     assert ro.completion_ids.shape[0] == 2 * G
 
     # the model's own forward on every row, pixels included (no encoded-once image features)
-    rows = collate_prompts(trainer.processor, [s for s in samples for _ in range(G)], trainer.prompt_cfg)
+    rows = collate_prompts(trainer.processor, [s for s in samples for _ in range(G)], trainer.cfg.data.prompt)
     assert (rows["attention_mask"][:, 0] == 0).any(), "the test needs a left-padded prompt"
     assert rows["input_ids"].shape[1] == ro.prompt_len
     full = append_completion(rows, ro.completion_ids, ro.completion_mask)
@@ -93,7 +93,7 @@ def test_prompt_once_gives_the_full_rows_log_probs_and_gradients(tiny_model_dir,
         for image, path in zip(images, paths[-1]):
             image.save(path)
     samples = [Sample(f"s{k}", f"s{k}", p, "no finding", None, "train") for k, p in enumerate(paths)]
-    ro = trainer.sample(samples)
+    ro = trainer.sample_group(samples)
     assert (ro.prompts["attention_mask"][:, 0] == 0).any(), "the test needs a left-padded prompt"
     # completions that stop at different lengths (the untrained tiny model rarely samples EOS): cut them
     lengths = torch.tensor([12, 5, 9, 3, 12, 7])

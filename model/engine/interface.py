@@ -7,8 +7,10 @@ picks one (``model.engine``) import it without importing each other.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # annotations only: the engine names (ENGINES) load without torch (evaluate.py --help)
+    import torch
 
 
 @dataclass(frozen=True)
