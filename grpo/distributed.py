@@ -45,13 +45,21 @@ class CollectiveTimeout(RuntimeError):
 
     def __init__(self, op: str, step: int | None, missing: list[int] | None, detail: str):
         self.op, self.step, self.missing, self.detail = op, step, missing, detail
+        self._args = (op, step, missing, detail)
         at = f"step {step}" if step is not None else "setup"
-        who = (f"rank {', '.join(map(str, missing))} did not arrive" if missing
-               else "the rank that did not arrive is unknown")  # fmt: skip
+        if missing:
+            who = f"rank {', '.join(map(str, missing))} did not arrive"
+        elif missing == []:
+            who = "this rank came late: every other rank had given up waiting"
+        else:
+            who = "the rank that did not arrive is unknown"
         super().__init__(
             f"collective timeout at {at}: {op} did not complete on rank {_rank()} ({who}; {detail}); "
             "nothing half-written; restart with --resume auto"
         )
+
+    def __reduce__(self):
+        return type(self), self._args
 
 
 def _rank() -> int:
@@ -74,8 +82,8 @@ def is_peer_failure(err: BaseException) -> bool:
 
 def _missing_ranks(grace_s: float = _GRACE_S) -> list[int] | None:
     """After a timeout: every live rank that also timed out leaves its mark in the rendezvous store; the
-    ranks whose mark is absent after ``grace_s`` are the ones that did not arrive. None when unknowable
-    (no store, or it is gone too)."""
+    ranks whose mark is absent after ``grace_s`` are the ones that did not arrive; [] when every other rank
+    had marked already (this one came late). None when unknowable (no store, or it is gone too)."""
     if not dist.is_initialized():
         return None
     world, rank = dist.get_world_size(), dist.get_rank()
@@ -87,7 +95,7 @@ def _missing_ranks(grace_s: float = _GRACE_S) -> list[int] | None:
         while True:
             missing = [r for r in range(world) if r != rank and not store.check([f"{prefix}{r}"])]
             if not missing or time.monotonic() > deadline:
-                return missing or None
+                return missing  # []: every other rank timed out before this one
             time.sleep(0.1)
     except Exception:  # the store lives with the agent or rank 0, which may be the one that went away
         return [1 - rank] if world == 2 else None
@@ -104,6 +112,7 @@ def collective(op: str):
             raise
         detail = (str(err).strip().splitlines() or [type(err).__name__])[0]
         detail = re.sub(r"^\[[^\]]*\]\s*", "", detail)  # gloo prefixes its source file and line
+        detail = detail.split(". ")[0]  # (then adds advice and an emoji)
         raise CollectiveTimeout(op, _step, _missing_ranks(), detail) from None
 
 

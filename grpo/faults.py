@@ -48,6 +48,7 @@ class DiskFullError(RuntimeError):
         self, path: Path, needed: int | None, free: int | None, cause: str = "", kept: Path | None = None
     ):
         self.path, self.needed, self.free, self.kept = Path(path), needed, free, kept
+        self._args = (path, needed, free, cause, kept)
         needs = f"needs about {_size(needed)}" if needed else "needs more space"
         free_s = f"{_size(free)} free" if free is not None else "free space unknown"
         because = f" ({cause})" if cause else ""
@@ -56,6 +57,9 @@ class DiskFullError(RuntimeError):
             f"disk full: {path} not written{because}: {needs}, {free_s}; nothing half-written{kept_s}; "
             "free space, then continue with --resume"
         )
+
+    def __reduce__(self):  # rank 0's error travels to the other ranks (broadcast_object)
+        return type(self), self._args
 
 
 def _size(n: int | None) -> str:
@@ -168,6 +172,7 @@ class NonFiniteStop(RuntimeError):
     ):
         self.step, self.streak, self.first_bad = step, streak, first_bad
         self.terms, self.checkpoint = terms, checkpoint
+        self._args = (step, streak, first_bad, terms, checkpoint)
         what = ", ".join(terms) if terms else "a value on another rank (see its log)"
         super().__init__(
             f"stopped after step {step}: {streak} steps in a row were not finite and not applied (first: step "
@@ -175,6 +180,9 @@ class NonFiniteStop(RuntimeError):
             f"{checkpoint} written; continue with --resume (e.g. a lower optim.lr with --allow-config-change "
             "optim.lr)"
         )
+
+    def __reduce__(self):
+        return type(self), self._args
 
 
 # --------------------------------------------------------------------------------- a reward that raises
@@ -187,9 +195,24 @@ class RewardFailed(RuntimeError):
 
     def __init__(self, step: int, term: str, error: str, checkpoint: Path | None):
         self.step, self.term, self.error, self.checkpoint = step, term, error, checkpoint
+        self._args = (step, term, error, checkpoint)
         super().__init__(
             f"stopped in step {step}: reward term {term!r} raised {error}; checkpoint {checkpoint} (the step's "
             "start) written; fix the reward, then --resume repeats the step"
+        )
+
+    def __reduce__(self):
+        return type(self), self._args
+
+
+class StepFailed(Exception):
+    """Internal: the step cannot go on (a reward raised on some rank); the run saves the step's start and
+    raises RewardFailed. ``term`` and ``error`` are None on the ranks where nothing failed."""
+
+    def __init__(self, term: str | None, error: str | None):
+        self.term, self.error = term, error
+        super().__init__(
+            f"reward term {term!r} raised {error}" if term else "a reward raised on another rank"
         )
 
 

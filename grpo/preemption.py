@@ -44,6 +44,7 @@ class Agreement:
 
     signum: int = 0  # the signal some rank received (0: none)
     nonfinite: bool = False  # some rank's loss or gradient norm was not finite: no rank applies the step
+    fault: bool = False  # rank 0 could not write a metrics row (a full disk): every rank stops
 
 
 class StopSignal:
@@ -76,10 +77,11 @@ class StopSignal:
         """The signal any rank received (0: none). Collective: every rank calls it at the same step."""
         return self.agree(device).signum
 
-    def agree(self, device: torch.device, nonfinite: bool = False) -> Agreement:
+    def agree(self, device: torch.device, nonfinite: bool = False, fault: bool = False) -> Agreement:
         """This rank's signal and flags, combined over ranks in one all-reduce (max) of a few numbers.
         Collective: every rank calls it once per step, at the same point."""
-        signum, bad = distributed.all_reduce_max_many(
-            [float(self.received), float(bool(nonfinite))], device, op="all_reduce (step flags)"
-        )
-        return Agreement(signum=int(signum), nonfinite=bool(bad))
+        signum, bad, failed = distributed.all_reduce_max_many(
+            [float(self.received), float(bool(nonfinite)), float(bool(fault))], device,
+            op="all_reduce (step flags)",
+        )  # fmt: skip
+        return Agreement(signum=int(signum), nonfinite=bool(bad), fault=bool(failed))

@@ -52,7 +52,7 @@ def sleepy_training(overrides: list[str]) -> int:
         r = np.array([t.count("e") / max(len(t), 1) for t in completions], dtype=np.float32)
         return RewardOutput(total=r, terms={"e_share": r})
 
-    trainer_module.Trainer._build_reward = lambda self: reward
+    trainer_module.build_reward = lambda *args, **kwargs: reward
     config = Path(os.environ["EMPTY_CONFIG"])
     return train.main(["--config", str(config), f"dist_timeout_s={TIMEOUT_S}", *overrides])
 
