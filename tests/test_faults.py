@@ -928,3 +928,65 @@ def test_a_rank_asleep_in_training_stops_every_rank_with_one_line_exit_4_and_not
     assert [p.name for p in checkpoint.list_checkpoints(out)] == ["step-000001"] and no_temporary_folders(out)
     checkpoint.verify_checkpoint(out / "checkpoints" / "step-000001")
     assert [r["step"] for r in metrics(out)] == [1]
+
+
+DDP_RUN = ("batch.prompts_per_device=1", "optim.lr=0.01", "save_every=1", "keep_last=5", "max_steps=3")
+
+
+def ddp_fault(tiny_model_dir, world, out, mode, step):
+    worker = Path(__file__).parent / "fault_worker.py"
+    return _torchrun(worker, mode, step, *overrides(tiny_model_dir, world, out), *DDP_RUN, timeout=300)
+
+
+def rank_lines(stderr):
+    return sorted(line for line in stderr.splitlines() if re.match(r"rank \d: error: ", line))
+
+
+@pytest.fixture(scope="module")
+def ddp_straight(tiny_model_dir, world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp-straight") / "run"
+    result = ddp_fault(tiny_model_dir, world, out, "none", 0)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_ddp_a_nan_on_one_rank_is_skipped_by_both(tiny_model_dir, world, tmp_path):
+    out = tmp_path / "run"
+    result = ddp_fault(tiny_model_dir, world, out, "nan", 2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = metrics(out)
+    assert [r["nonfinite_steps"] for r in rows] == [0, 1, 1] and rows[1]["loss"] is None
+    a, b = torch.load(out / "params-rank0.pt"), torch.load(out / "params-rank1.pt")
+    assert all(torch.equal(x, y) for x, y in zip(a, b))  # both ranks skipped the same step
+
+
+@pytest.mark.slow
+def test_ddp_a_reward_raising_on_one_rank_stops_both_and_resume_matches(
+    tiny_model_dir, world, tmp_path, ddp_straight
+):
+    out = tmp_path / "run"
+    result = ddp_fault(tiny_model_dir, world, out, "reward", 2)
+    assert result.returncode != 0 and "exitcode  : 3" in result.stderr, result.stderr[-3000:]
+    lines = rank_lines(result.stderr)  # (torchrun may end rank 0 before it prints: the first exit ends all)
+    assert lines and all(
+        line.startswith(f"rank {line[5]}: error: stopped in step 2: reward term ") for line in lines
+    )
+    assert any(line.startswith("rank 1: error: stopped in step 2: reward term 'reward' raised KeyError: 'study")
+               for line in lines) or any("(on another rank, see its log)" in line for line in lines), lines  # fmt: skip
+    assert checkpoint.latest_checkpoint(out).name == "step-000001"
+    resumed = ddp_fault(tiny_model_dir, world, out, "none", 0)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows_equal(ddp_straight, out, range(1, 4))
+
+
+@pytest.mark.slow
+def test_ddp_a_full_disk_on_rank_0_stops_both_with_the_same_line(tiny_model_dir, world, tmp_path):
+    out = tmp_path / "run"
+    result = ddp_fault(tiny_model_dir, world, out, "disk", 2)
+    assert result.returncode != 0 and "exitcode  : 3" in result.stderr, result.stderr[-3000:]
+    lines = rank_lines(result.stderr)
+    # the same line on each rank (torchrun may end one rank before it prints: the first exit ends the rest)
+    assert lines and len({line[len("rank 0") :] for line in lines}) == 1, result.stderr[-3000:]
+    assert "step-000002 not written (No space left on device)" in lines[0] and "step-000001 kept" in lines[0]
+    assert [p.name for p in checkpoint.list_checkpoints(out)] == ["step-000001"] and no_temporary_folders(out)
