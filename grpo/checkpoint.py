@@ -159,7 +159,7 @@ def save_checkpoint(
             _fsync_tree(tmp)
             verify_checkpoint(tmp)
     except (OSError, RuntimeError) as err:
-        if not _disk_failure(err):
+        if not _disk_failure(err, root, needed):
             raise
         written = faults.tree_size(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -171,14 +171,19 @@ def save_checkpoint(
     return final
 
 
-def _disk_failure(err: BaseException) -> bool:
+def _disk_failure(err: BaseException, root: Path, needed: int) -> bool:
     """A write that failed for the disk: an OSError with ENOSPC, EDQUOT or EIO, or torch.save's RuntimeError
-    ("file write failed") around one."""
+    around one, which names no errno ("file write failed", or on a full tmpfs "unexpected pos 28800 vs
+    28688"): a RuntimeError counts when it says so or when the disk is left with less than the checkpoint
+    needs (at least 1 MiB)."""
     if faults.is_disk_full(err):
         return True
-    return isinstance(err, RuntimeError) and any(
-        text in str(err) for text in ("file write failed", "No space left", "Disk quota exceeded")
-    )
+    if not isinstance(err, RuntimeError):
+        return False
+    if any(text in str(err) for text in ("file write failed", "No space left", "Disk quota exceeded")):
+        return True
+    free = faults.free_bytes(root)
+    return free is not None and free < max(needed, 1 << 20)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

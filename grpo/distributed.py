@@ -89,7 +89,8 @@ def _missing_ranks(grace_s: float = _GRACE_S) -> list[int] | None:
     world, rank = dist.get_world_size(), dist.get_rank()
     try:
         store = dist.distributed_c10d._get_default_store()
-        prefix = f"faults/collective-timeout/{_step}/"
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")  # the store outlives a restart
+        prefix = f"faults/collective-timeout/{attempt}/{_step}/"
         store.set(f"{prefix}{rank}", "1")
         deadline = time.monotonic() + grace_s
         while True:

@@ -1,7 +1,8 @@
 """Fault injection on the tiny model: what a shared cluster does to a run, and what the run does about it.
 
 Every test breaks something real (a signal, a truncated or planted checkpoint file, a changed config, a torn
-log line, a reused or unwritable folder, a truncated PNG) and checks the user-visible outcome: the run
+log line, a reused or unwritable folder, a truncated PNG, a full disk, a NaN, a reward that raises, a rank
+that never arrives, changed data; docs/faults.md lists them) and checks the user-visible outcome: the run
 continues exactly as an uninterrupted one, or stops with one line naming the cause, before the model loads
 where it can.
 """
@@ -990,3 +991,34 @@ def test_ddp_a_full_disk_on_rank_0_stops_both_with_the_same_line(tiny_model_dir,
     assert lines and len({line[len("rank 0") :] for line in lines}) == 1, result.stderr[-3000:]
     assert "step-000002 not written (No space left on device)" in lines[0] and "step-000001 kept" in lines[0]
     assert [p.name for p in checkpoint.list_checkpoints(out)] == ["step-000001"] and no_temporary_folders(out)
+
+
+def test_torch_saves_own_error_on_a_full_disk_counts_as_one(tmp_path, monkeypatch):
+    """On a full tmpfs torch.save raises RuntimeError("... unexpected pos 28800 vs 28688"), no errno: with the
+    disk left with less than the checkpoint needs, that is a full disk too (found on a real 2 MB tmpfs)."""
+    from grpo import faults
+
+    def adapter(folder):
+        folder.mkdir()
+        (folder / "adapter_model.safetensors").write_bytes(b"w")
+
+    def save(step):
+        return checkpoint.save_checkpoint(
+            tmp_path, step, {}, adapter, {"s": 1}, {"e": 1}, keep_last=1, is_main=True
+        )
+
+    save(1)
+
+    def broken(obj, path, *args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 28800 vs 28688")
+
+    monkeypatch.setattr(checkpoint.torch, "save", broken)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(faults.shutil, "disk_usage", lambda p: usage._replace(free=1 << 19))
+    with pytest.raises(faults.DiskFullError, match=r"step-000002 not written \(\[enforce fail"):
+        save(2)
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["step-000001"]
+    assert no_temporary_folders(tmp_path)
+    monkeypatch.setattr(faults.shutil, "disk_usage", lambda p: usage._replace(free=1 << 40))
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # plenty of space: not the disk, passed on
+        save(2)
