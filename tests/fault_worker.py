@@ -4,6 +4,7 @@ must handle together (no hang, one line each, the same exit code).
     fault_worker.py nan STEP key=value ...     rank 1's loss is NaN in step STEP: both ranks skip the step
     fault_worker.py reward STEP key=value ...  rank 1's reward raises in step STEP: both stop after saving
     fault_worker.py disk STEP key=value ...    rank 0's checkpoint write of step STEP hits ENOSPC
+    fault_worker.py metrics STEP key=value ... rank 0's metrics row of step STEP hits ENOSPC
     fault_worker.py none 0 key=value ...       no fault (the uninterrupted run, or a resume: resume="auto")
 
 Prints ``rank R: error: <line>`` and exits with the error's exit code, or writes ``params-rank<R>.pt`` (the
@@ -21,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ddp_worker import letter_e_reward  # noqa: E402
 
-from grpo import checkpoint, distributed  # noqa: E402
+from grpo import checkpoint, distributed, faults  # noqa: E402
 from grpo.config import load_config  # noqa: E402
 from grpo.faults import DiskFullError, NonFiniteStop, RewardFailed  # noqa: E402
 from grpo.loss import load_loss  # noqa: E402
@@ -52,6 +53,14 @@ def main():
         return real_save(obj, path, *args, **kwargs)
 
     checkpoint.torch.save = save
+    real_write = os.write
+
+    def write(fd, data):
+        if mode == "metrics" and data.startswith(f'{{"step": {step},'.encode()):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    faults.os.write = write
     cfg = load_config(None, overrides)
     trainer = Trainer(cfg, resume="auto", reward_fn=reward, loss_fn=loss)
     try:

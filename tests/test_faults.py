@@ -982,15 +982,20 @@ def test_ddp_a_reward_raising_on_one_rank_stops_both_and_resume_matches(
 
 
 @pytest.mark.slow
-def test_ddp_a_full_disk_on_rank_0_stops_both_with_the_same_line(tiny_model_dir, world, tmp_path):
+@pytest.mark.parametrize("where", ["disk", "metrics"], ids=["checkpoint", "metrics-row"])
+def test_ddp_a_full_disk_on_rank_0_stops_both_with_the_same_line(tiny_model_dir, world, tmp_path, where):
+    """Rank 0 alone writes: its full disk reaches rank 1 through the save's shared outcome (a metrics row
+    rank 0 could not write is raised there too), so neither waits for the other."""
     out = tmp_path / "run"
-    result = ddp_fault(tiny_model_dir, world, out, "disk", 2)
+    result = ddp_fault(tiny_model_dir, world, out, where, 2)
     assert result.returncode != 0 and "exitcode  : 3" in result.stderr, result.stderr[-3000:]
     lines = rank_lines(result.stderr)
     # the same line on each rank (torchrun may end one rank before it prints: the first exit ends the rest)
     assert lines and len({line[len("rank 0") :] for line in lines}) == 1, result.stderr[-3000:]
-    assert "step-000002 not written (No space left on device)" in lines[0] and "step-000001 kept" in lines[0]
+    written = "checkpoints/step-000002" if where == "disk" else "metrics.jsonl"
+    assert f"{written} not written (No space left on device)" in lines[0], lines
     assert [p.name for p in checkpoint.list_checkpoints(out)] == ["step-000001"] and no_temporary_folders(out)
+    assert [r["step"] for r in metrics(out)] == ([1, 2] if where == "disk" else [1])
 
 
 def test_torch_saves_own_error_on_a_full_disk_counts_as_one(tmp_path, monkeypatch):
