@@ -325,9 +325,16 @@ def save_training(
     if error is None:
         try:
             save_checkpoint(
-                run_dir, step, trainer_state, lambda folder: lora.save_adapter(model, folder, lora.POLICY),
-                optimizer.state_dict() if is_main else None, scheduler.state_dict(), keep_last, is_main, rng,
-            )  # fmt: skip
+                run_dir,
+                step,
+                trainer_state,
+                lambda folder: lora.save_adapter(model, folder, lora.POLICY),
+                optimizer.state_dict() if is_main else None,
+                scheduler.state_dict(),
+                keep_last,
+                is_main,
+                rng,
+            )
         except faults.DiskFullError as err:
             error = err
     else:

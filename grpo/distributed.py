@@ -30,8 +30,9 @@ DEFAULT_TIMEOUT_S = 1800.0
 # What the backends say when a peer never arrives or has gone: gloo's "Timed out waiting 2000ms for recv
 # operation", "Application timeout caused pair closure", "Connection closed by peer" / "reset by peer";
 # NCCL's watchdog "collective operation timeout" (with blocking wait).
-_PEER_FAILURE = re.compile(r"timed out|timeout|connection (closed|reset|refused)|broken pipe|pair closure",
-                           re.IGNORECASE)  # fmt: skip
+_PEER_FAILURE = re.compile(
+    r"timed out|timeout|connection (closed|reset|refused)|broken pipe|pair closure", re.IGNORECASE
+)
 _GRACE_S = 2.0  # how long a rank that timed out waits for the others to say they did too (failure path only)
 _step: int | None = None  # the optimizer step the collectives belong to (set_step), for the message
 
@@ -152,8 +153,14 @@ def setup(device: str = "auto", timeout_s: float | None = None) -> DistInfo:
         backend = "nccl" if use_cuda else "gloo"
         timeout = datetime.timedelta(seconds=float(timeout_s or DEFAULT_TIMEOUT_S))
         dist.init_process_group(backend=backend, device_id=dev if use_cuda else None, timeout=timeout)
-        log.info("process group: backend=%s rank=%d/%d device=%s timeout=%ss", backend, rank, world_size, dev,
-                 timeout.total_seconds())  # fmt: skip
+        log.info(
+            "process group: backend=%s rank=%d/%d device=%s timeout=%ss",
+            backend,
+            rank,
+            world_size,
+            dev,
+            timeout.total_seconds(),
+        )
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 

@@ -151,8 +151,12 @@ class NonFiniteSteps:
         return self.streak >= self.limit
 
     def state_dict(self) -> dict:
-        return {"total": self.total, "streak": self.streak, "first_bad": self.first_bad,
-                "first_terms": list(self.first_terms)}  # fmt: skip
+        return {
+            "total": self.total,
+            "streak": self.streak,
+            "first_bad": self.first_bad,
+            "first_terms": list(self.first_terms),
+        }
 
     def load_state_dict(self, state: dict | None) -> None:
         state = state or {}

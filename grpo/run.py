@@ -202,8 +202,9 @@ class Run:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip))
         values = {k: v for k, v in (sums or {}).items() if k == "loss" or k.startswith("loss/")}
         self._bad_terms = nonfinite_terms({**values, "grad_norm": grad_norm})
-        agreed = self.stop_signal.agree(self.dist.device, nonfinite=bool(self._bad_terms),
-                                        fault=self._pending_fault is not None)  # fmt: skip
+        agreed = self.stop_signal.agree(
+            self.dist.device, nonfinite=bool(self._bad_terms), fault=self._pending_fault is not None
+        )
         self._signalled = self._signalled or agreed.signum
         self._step_nonfinite = agreed.nonfinite
         if agreed.fault:
@@ -212,8 +213,11 @@ class Run:
             )
         lr = self.scheduler.get_last_lr()[0]
         if agreed.nonfinite:
-            log.warning("step %d not applied: not finite: %s", self.step + 1,
-                        ", ".join(self._bad_terms) or "on another rank")  # fmt: skip
+            log.warning(
+                "step %d not applied: not finite: %s",
+                self.step + 1,
+                ", ".join(self._bad_terms) or "on another rank",
+            )
         else:
             self.optimizer.step()
             self.scheduler.step()
@@ -283,9 +287,17 @@ class Run:
         }
         pending, self._pending_fault = self._pending_fault, None
         self._saved_path = checkpoint.save_training(
-            self.run_dir, self.step, state, self.model, self.optimizer, self.scheduler, self.cfg.keep_last,
-            self.dist.is_main, rng=rng, pending=pending,
-        )  # fmt: skip
+            self.run_dir,
+            self.step,
+            state,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.cfg.keep_last,
+            self.dist.is_main,
+            rng=rng,
+            pending=pending,
+        )
         self._saved_step = self.step
         return self._saved_path
 
@@ -307,8 +319,12 @@ class Run:
         self.optimizer.zero_grad(set_to_none=True)
         self.data.load_state_dict(data_position)
         saved = self._saved_path if self._saved_step == self.step else self.save(data_position, rng)
-        raise RewardFailed(self.step + 1, failed.term or "(on another rank, see its log)",
-                           failed.error or "an exception", saved)  # fmt: skip
+        raise RewardFailed(
+            self.step + 1,
+            failed.term or "(on another rank, see its log)",
+            failed.error or "an exception",
+            saved,
+        )
 
     def _stop_nonfinite(self) -> None:
         """``optim.max_nonfinite_steps`` steps in a row were not applied: checkpoint (the weights and

@@ -184,8 +184,11 @@ def data_fingerprint(cfg: TrainConfig, samples) -> dict:
     root = Path(d.images_dir) if d.images_dir else Path(d.annotation).parent / "images"
     world = None
     if d.synthetic_n > 0:
-        world = {"synthetic_n": d.synthetic_n, "synthetic_seed": d.synthetic_seed,
-                 "synthetic_image_size": d.synthetic_image_size}  # fmt: skip
+        world = {
+            "synthetic_n": d.synthetic_n,
+            "synthetic_seed": d.synthetic_seed,
+            "synthetic_image_size": d.synthetic_image_size,
+        }
     paths = (path for sample in samples for path in sample.image_paths)
     return fingerprint.fingerprint(Path(d.annotation), paths, root, world)
 
@@ -205,17 +208,28 @@ def check_data(
             raise RunFolderError(f"{path}: unreadable ({err})") from None
         changes = fingerprint.check(saved, current, allowed="data" in allow_changes)
         if changes:
-            record = {"step": resumed_step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                      "data_changes": {k: {"from": old, "to": new} for k, (old, new) in changes.items()}}  # fmt: skip
+            record = {
+                "step": resumed_step,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "data_changes": {k: {"from": old, "to": new} for k, (old, new) in changes.items()},
+            }
             with open(run_dir / HISTORY_FILE, "a") as f:
                 f.write(json.dumps(record) + "\n")
-            log.warning("data changed from step %d on (--allow-config-change data): %s", resumed_step,
-                        ", ".join(changes))  # fmt: skip
+            log.warning(
+                "data changed from step %d on (--allow-config-change data): %s",
+                resumed_step,
+                ", ".join(changes),
+            )
     write_text_atomic(path, json.dumps(current, indent=1) + "\n")
 
 
-def check_data_on_all_ranks(cfg: TrainConfig, dist: distributed.DistInfo, samples, resumed_step: int | None,
-                            allow_changes: Sequence[str] = ()) -> None:  # fmt: skip
+def check_data_on_all_ranks(
+    cfg: TrainConfig,
+    dist: distributed.DistInfo,
+    samples,
+    resumed_step: int | None,
+    allow_changes: Sequence[str] = (),
+) -> None:
     """``check_data`` on rank 0 (the fingerprint taken there), its outcome shared: every rank raises the same
     error. One broadcast, at start."""
     error = None
