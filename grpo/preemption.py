@@ -2,10 +2,12 @@
 
 The handler only records the signal: a handler runs between two Python bytecodes of the main thread, in the
 middle of whatever collective the rank was in, so it must not touch the process group. The loop asks
-:meth:`StopSignal.agreed` after each optimizer step; one tiny all-reduce tells every rank whether any rank
-was signalled, so all of them finish the same step, write one checkpoint together and leave with
-:class:`Preempted`. The same all-reduce carries the step's other flags (:meth:`StopSignal.agree`: a loss or
-gradient that is not finite on some rank), so the ranks agree on skipping a step at no extra collective.
+:meth:`StopSignal.agree` once per step, between the gradients and the optimizer step; one tiny all-reduce
+tells every rank whether any rank was signalled, so all of them finish the same step (or, with
+grpo.num_iterations > 1, the batch of rollouts), write one checkpoint together and leave with
+:class:`Preempted`. The same all-reduce carries the step's other flags: a loss or gradient that is not
+finite on some rank (no rank applies the step), a fault rank 0 must share (grpo/faults.py), so the ranks
+agree on them at no extra collective.
 A second signal of the same kind acts as if no handler were installed (a second Ctrl-C
 interrupts at once).
 """

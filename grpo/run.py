@@ -346,7 +346,8 @@ class Run:
         log.info("resumed from %s at step %d", state["path"], self.step)
 
     def _stop_if_signalled(self) -> None:
-        """After a step: if any rank got SIGTERM/SIGINT, all write a checkpoint and raise Preempted."""
+        """Between drawn batches: if any rank got SIGTERM/SIGINT (agreed in the step's flags), all write a
+        checkpoint and raise Preempted."""
         signum = self._signalled  # agreed by all ranks in this or an earlier step's flags
         if signum:
             self.stop_signal.uninstall()
