@@ -8,7 +8,10 @@
 
 A folder that holds a run is never reused silently: continue it with --resume (a changed config is refused
 unless --allow-config-change names the keys) or replace it with --overwrite. SIGTERM or Ctrl-C ends the
-current step, writes a checkpoint and exits with 128 + the signal number.
+current step, writes a checkpoint and exits with 128 + the signal number. Every other stop is one line on
+stderr and an exit code: 2 for what the user gave (config, paths, data, a run folder, changed data on
+resume), 3 for a fault of the run (a full disk, non-finite steps, a reward that raised; grpo/faults.py),
+4 for a collective that timed out (dist_timeout_s: a rank hung or died; torchrun --max-restarts restarts).
 
 Overrides are ``key=value`` with dotted keys for nested values (``sampling.group_size=8``); see
 grpo/config.py for every key. ``--print-config`` prints the resolved config (file + overrides) and exits.
@@ -27,11 +30,14 @@ from pathlib import Path
 import yaml
 
 from data.files import atomic_dir
+from data.fingerprint import DataDriftError
 from data.images import ImageLoadError
 from data.r2gen import AnnotationError
 from grpo import distributed
 from grpo.checkpoint import CheckpointError
 from grpo.config import ConfigError, TrainConfig, config_sections, load_config, to_dict
+from grpo.distributed import CollectiveTimeout
+from grpo.faults import DiskFullError, NonFiniteStop, RewardFailed
 from grpo.preemption import Preempted
 from grpo.run_dir import RunFolderError
 from rewards.chexbert import CheXbertLoadError
@@ -77,7 +83,9 @@ def prepare_assets(cfg: TrainConfig, is_main: bool) -> None:
 
 # Errors about what the user gave (paths, data, config, run folder, checkpoints): one line, exit code 2.
 USER_ERRORS = (ConfigError, FileNotFoundError, AnnotationError, ImageLoadError, CheckpointError, RunFolderError,
-               CheXbertLoadError)  # fmt: skip
+               CheXbertLoadError, DataDriftError)  # fmt: skip
+# Faults of the run itself (grpo/faults.py): one line, exit code 3; every rank stopped at the same point.
+RUN_FAULTS = (DiskFullError, NonFiniteStop, RewardFailed)
 
 
 def run(cfg: TrainConfig, resume: bool | str, allow_changes=(), overwrite: bool = False) -> Path:
@@ -151,13 +159,21 @@ def main(argv: list[str] | None = None) -> int:
         print(stop, file=sys.stderr)
         distributed.teardown()  # every rank stopped after the same step: leave the group together, so that
         return stop.exit_code  # torchrun --max-restarts can form the next one
+    except CollectiveTimeout as err:  # a rank never arrived: leave without waiting for it
+        print(f"error: {err}", file=sys.stderr)
+        distributed.teardown(together=False)
+        return err.exit_code
+    except RUN_FAULTS as err:
+        print(f"error: {err}", file=sys.stderr)
+        distributed.teardown()
+        return err.exit_code
     except USER_ERRORS as err:  # no traceback: the message names the file, key or value
         print(f"error: {err}", file=sys.stderr)
         return 2
 
 
 def train(cfg: TrainConfig, resume: bool | str = False, allow_changes=(), overwrite: bool = False) -> int:
-    info = distributed.setup(cfg.device)
+    info = distributed.setup(cfg.device, timeout_s=cfg.dist_timeout_s)
     if not info.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     prepare_assets(cfg, info.is_main)

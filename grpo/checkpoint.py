@@ -39,7 +39,7 @@ from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
 
 from data.files import atomic_dir
-from grpo import distributed
+from grpo import distributed, faults
 from model import lora
 
 log = logging.getLogger(__name__)
@@ -125,10 +125,17 @@ def save_checkpoint(
     scheduler_state: dict,
     keep_last: int,
     is_main: bool,
+    rng: dict | None = None,
 ) -> Path | None:
     """Write ``step-<step>`` atomically (rank 0) and prune to the last ``keep_last``. Collective: every rank
-    must call it (RNG states are gathered)."""
-    rng_states = distributed.gather_objects(rng_state())
+    must call it (RNG states are gathered: this process's now, or ``rng`` taken earlier, e.g. at the start of
+    a step that failed).
+
+    A full disk (ENOSPC, EDQUOT, EIO) raises DiskFullError naming the folder, the bytes needed and free:
+    before writing when the disk has less free space than the last checkpoint takes, else when a write
+    fails, the temporary folder then removed. The new folder is verified against its manifest before it
+    is renamed into place, and older checkpoints are pruned only after that."""
+    rng_states = distributed.gather_objects(rng if rng is not None else rng_state())
     if not is_main:
         return None
     if optimizer_state is None:
@@ -136,17 +143,47 @@ def save_checkpoint(
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
-    # a re-run of the same step replaces it
-    with atomic_dir(final, tmp=root / f".tmp-step-{step:06d}-{os.getpid()}") as tmp:
-        save_adapter(tmp / "adapter")
-        torch.save(optimizer_state, tmp / "optimizer.pt")
-        torch.save(scheduler_state, tmp / "scheduler.pt")
-        torch.save(rng_states, tmp / "rng.pt")
-        (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "step": step}, indent=2))
-        write_manifest(tmp)
-        _fsync_tree(tmp)
+    last = latest_checkpoint(run_dir)
+    kept = last if last is not None and last != final else None
+    needed = faults.tree_size(last)  # the next checkpoint is about the size of the last one
+    faults.check_free_space(final, needed, kept)
+    tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
+    try:
+        with atomic_dir(final, tmp=tmp) as tmp:  # a re-run of the same step replaces it
+            save_adapter(tmp / "adapter")
+            torch.save(optimizer_state, tmp / "optimizer.pt")
+            torch.save(scheduler_state, tmp / "scheduler.pt")
+            torch.save(rng_states, tmp / "rng.pt")
+            (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "step": step}, indent=2))
+            write_manifest(tmp)
+            _fsync_tree(tmp)
+            verify_checkpoint(tmp)
+    except (OSError, RuntimeError) as err:
+        if not _disk_failure(err, root, needed):
+            raise
+        written = faults.tree_size(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        cause = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+        raise faults.DiskFullError(
+            final, max(needed, written), faults.free_bytes(root), cause, kept
+        ) from None
     prune(root, keep_last)
     return final
+
+
+def _disk_failure(err: BaseException, root: Path, needed: int) -> bool:
+    """A write that failed for the disk: an OSError with ENOSPC, EDQUOT or EIO, or torch.save's RuntimeError
+    around one, which names no errno ("file write failed", or on a full tmpfs "unexpected pos 28800 vs
+    28688"): a RuntimeError counts when it says so or when the disk is left with less than the checkpoint
+    needs (at least 1 MiB)."""
+    if faults.is_disk_full(err):
+        return True
+    if not isinstance(err, RuntimeError):
+        return False
+    if any(text in str(err) for text in ("file write failed", "No space left", "Disk quota exceeded")):
+        return True
+    free = faults.free_bytes(root)
+    return free is not None and free < max(needed, 1 << 20)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -265,17 +302,46 @@ def find_resumable(run_dir: Path, rank: int) -> dict | None:
 # ------------------------------------------------------------------------------------- the training state
 
 
-def save_training(run_dir: Path, step: int, trainer_state: dict, model, optimizer, scheduler, keep_last: int,
-                  is_main: bool) -> Path:  # fmt: skip
+def save_training(
+    run_dir: Path,
+    step: int,
+    trainer_state: dict,
+    model,
+    optimizer,
+    scheduler,
+    keep_last: int,
+    is_main: bool,
+    rng: dict | None = None,
+    pending: Exception | None = None,
+) -> Path:
     """Write the checkpoint of ``step`` from a live run: the policy adapter, the optimizer (ZeRO-1 shards
-    gathered on rank 0 first), the scheduler and every rank's RNG state. Collective; returns its folder."""
+    gathered on rank 0 first), the scheduler and every rank's RNG state (``rng``: see save_checkpoint).
+    Collective; returns its folder. Rank 0's outcome is shared (in place of a barrier): a full disk, or
+    ``pending`` (a fault rank 0 met since the last collective, e.g. a metrics row it could not write), is
+    raised on every rank."""
     if hasattr(optimizer, "consolidate_state_dict"):
         optimizer.consolidate_state_dict(to=0)
-    save_checkpoint(
-        run_dir, step, trainer_state, lambda folder: lora.save_adapter(model, folder, lora.POLICY),
-        optimizer.state_dict() if is_main else None, scheduler.state_dict(), keep_last, is_main,
-    )  # fmt: skip
-    distributed.barrier()
+    error = pending if is_main else None
+    if error is None:
+        try:
+            save_checkpoint(
+                run_dir,
+                step,
+                trainer_state,
+                lambda folder: lora.save_adapter(model, folder, lora.POLICY),
+                optimizer.state_dict() if is_main else None,
+                scheduler.state_dict(),
+                keep_last,
+                is_main,
+                rng,
+            )
+        except faults.DiskFullError as err:
+            error = err
+    else:
+        distributed.gather_objects(None)  # meet the other ranks' gathering of RNG states
+    error = distributed.broadcast_object(error)
+    if error is not None:
+        raise error
     return Path(run_dir) / "checkpoints" / f"step-{step:06d}"
 
 

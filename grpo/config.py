@@ -189,6 +189,9 @@ class OptimConfig:
     warmup_ratio: float = 0.1  # paper: cosine decay with 10% warm-up
     grad_clip: float = 0.1  # paper: gradient-norm clip 0.1
     zero1: bool = False  # shard optimizer state across ranks (torch ZeroRedundancyOptimizer)
+    # a step whose loss or gradient norm is not finite is not applied (grpo/faults.py); this many in a row
+    # stop the run after a checkpoint
+    max_nonfinite_steps: int = 3
 
 
 @dataclass
@@ -225,6 +228,9 @@ class TrainConfig:
     sample_every: int = 10  # write a few sample completions every N steps
     save_every: int = 50
     keep_last: int = 2  # checkpoints kept
+    # seconds a collective waits for every rank before the run stops with a collective timeout (exit 4;
+    # torchrun --max-restarts with --resume auto continues from the last good checkpoint)
+    dist_timeout_s: float = 1800.0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -447,6 +453,7 @@ def validate(cfg: TrainConfig) -> None:
     )
     for key in ("log_every", "sample_every", "save_every", "keep_last"):
         _require(getattr(cfg, key) >= 1, f"{key}: must be >= 1, got {getattr(cfg, key)}")
+    _require(cfg.dist_timeout_s > 0, f"dist_timeout_s: must be > 0, got {cfg.dist_timeout_s}")
     s, g, o, b = cfg.sampling, cfg.grpo, cfg.optim, cfg.batch
     _require(
         s.group_size >= 2 or cfg.mode == "sft",
@@ -481,6 +488,9 @@ def validate(cfg: TrainConfig) -> None:
     _require(all(0 <= x < 1 for x in o.betas), f"optim.betas: each must be in [0, 1), got {o.betas}")
     _require(0 <= o.warmup_ratio < 1, f"optim.warmup_ratio: must be in [0, 1), got {o.warmup_ratio}")
     _require(o.grad_clip > 0, f"optim.grad_clip: must be > 0, got {o.grad_clip}")
+    _require(
+        o.max_nonfinite_steps >= 1, f"optim.max_nonfinite_steps: must be >= 1, got {o.max_nonfinite_steps}"
+    )
     _require(b.prompts_per_device >= 1, f"batch.prompts_per_device: must be >= 1, got {b.prompts_per_device}")
     _require(b.grad_accum >= 1, f"batch.grad_accum: must be >= 1, got {b.grad_accum}")
     _require(
@@ -518,6 +528,7 @@ def validate(cfg: TrainConfig) -> None:
 # Keys that change how a run is logged, saved or executed, never what it computes: free on resume.
 HARMLESS_KEYS = (
     "output_dir", "device", "cpu_threads", "log_every", "sample_every", "save_every", "keep_last",
+    "dist_timeout_s", "optim.max_nonfinite_steps",
     "model.gradient_checkpointing", "grpo.logprob_chunk", "grpo.prompt_once", "data.verify_images", "log",
 )  # fmt: skip
 

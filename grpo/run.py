@@ -24,8 +24,9 @@ from data.files import copy_dir_atomic
 from data.images import ImageLoadError
 from data.r2gen import Sample
 from data.sharding import SampleDrawer, ShardedBatches
-from grpo import checkpoint, distributed, run_dir
+from grpo import checkpoint, distributed, faults, run_dir
 from grpo.config import TrainConfig, to_dict
+from grpo.faults import NonFiniteSteps, NonFiniteStop, RewardFailed, StepFailed, nonfinite_terms
 from grpo.logprobs import token_logprobs_from_hidden
 from grpo.preemption import Preempted, StopSignal
 from grpo.run_log import RunLog, metrics_row
@@ -57,7 +58,7 @@ class Run:
         if cfg.mode != self.mode:
             raise ValueError(f"mode={cfg.mode}: {type(self).__name__} runs mode={self.mode} (SFT: grpo.sft)")
         self.cfg = cfg
-        self.dist = distributed.setup(cfg.device)
+        self.dist = distributed.setup(cfg.device, timeout_s=cfg.dist_timeout_s)
         if cfg.cpu_threads is not None and self.dist.device.type == "cpu":
             torch.set_num_threads(cfg.cpu_threads)
         self.run_dir = Path(cfg.output_dir)
@@ -68,6 +69,8 @@ class Run:
         d = cfg.data
         self.samples = d.load_samples()
         log.info("data: %d %s samples from %s", len(self.samples), d.split, d.annotation)
+        resumed_step = int(resume_state["trainer_state"]["step"]) if resume_state is not None else None
+        run_dir.check_data_on_all_ranks(cfg, self.dist, self.samples, resumed_step, allow_config_change)
         self._before_model()
         self.model, self.processor = cfg.model.load_policy(self.dist.device, policy)
         if not self.keeps_lora_dropout:
@@ -97,6 +100,9 @@ class Run:
         self.step = 0
         self.run_log = RunLog(self.run_dir, enabled=self.dist.is_main, options=cfg.log, config=to_dict(cfg))
         self.stop_signal = StopSignal()
+        self.nonfinite = NonFiniteSteps(limit=o.max_nonfinite_steps)
+        self._signalled = 0  # the signal the ranks agreed on, acted upon between drawn batches
+        self._pending_fault: Exception | None = None  # rank 0's failed metrics write, raised on all ranks
         self.progress = None
         self._saved_step, self._saved_path = None, None
         if resume_state is not None:
@@ -186,14 +192,37 @@ class Run:
             mask=mask,
         )
 
-    def optimizer_step(self) -> tuple[float, float]:
-        """Clip, step, schedule. Returns (grad norm before clipping, lr used)."""
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
+    def optimizer_step(self, sums: dict[str, float] | None = None) -> tuple[float, float]:
+        """Clip, agree, then step and schedule, or skip. Returns (grad norm before clipping, lr used).
+
+        The ranks agree in the step's one all-reduce of flags (StopSignal.agree): whether any rank was
+        signalled, and whether any rank's loss (``sums``: ``loss`` and ``loss/<name>``) or the gradient norm
+        is not finite. A step that is not finite is not applied: its gradients are dropped, and neither the
+        optimizer nor the lr schedule steps (grpo/faults.py)."""
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip))
+        values = {k: v for k, v in (sums or {}).items() if k == "loss" or k.startswith("loss/")}
+        self._bad_terms = nonfinite_terms({**values, "grad_norm": grad_norm})
+        agreed = self.stop_signal.agree(
+            self.dist.device, nonfinite=bool(self._bad_terms), fault=self._pending_fault is not None
+        )
+        self._signalled = self._signalled or agreed.signum
+        self._step_nonfinite = agreed.nonfinite
+        if agreed.fault:
+            raise self._pending_fault or faults.DiskFullError(
+                self.run_dir / "metrics.jsonl", None, None, "on rank 0, see its log"
+            )
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
+        if agreed.nonfinite:
+            log.warning(
+                "step %d not applied: not finite: %s",
+                self.step + 1,
+                ", ".join(self._bad_terms) or "on another rank",
+            )
+        else:
+            self.optimizer.step()
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(grad_norm), lr
+        return grad_norm, lr
 
     # ------------------------------------------------------------------------------------- the loop
 
@@ -211,19 +240,28 @@ class Run:
         self.stop_signal.install()
         while self.step < self.total_steps and (stop_after is None or self.step < stop_after):
             t0 = time.perf_counter()
+            distributed.set_step(self.step + 1)  # named by a collective that times out
             self.data.skipped = 0
-            sums = self.train_step()
+            start = (self.data.state_dict(), checkpoint.rng_state())  # a failed step restarts from here
+            try:
+                sums = self.train_step()
+            except StepFailed as failed:
+                self._stop_at_step_start(failed, *start)
             sums["skipped_images"] = float(self.data.skipped)
             t = time.perf_counter()
-            grad_norm, lr = self.optimizer_step()
+            grad_norm, lr = self.optimizer_step(sums)
             sums["time/optim"] = time.perf_counter() - t
             self.step += 1
+            stop_nonfinite = self.nonfinite.record(self.step, self._step_nonfinite, self._bad_terms)
             step_time = time.perf_counter() - t0
-            if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+            if self.step % cfg.log_every == 0 or self.step == self.total_steps or self._step_nonfinite:
                 row = metrics_row(sums, self.step, grad_norm, lr, step_time, self.dist.device)
-                self.run_log.metrics(row)
+                row["nonfinite_steps"] = self.nonfinite.total
+                self._log_metrics(row)
                 progress.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "reward", "loss/kl") if k in row})
             progress.update(1)
+            if stop_nonfinite:
+                self._stop_nonfinite()
             if self.step % cfg.save_every == 0 or self.step == self.total_steps:
                 self.save()
             if self.step % self.mu == 0:  # checkpoints fall between drawn batches
@@ -239,9 +277,15 @@ class Run:
 
     # ------------------------------------------------------------------------------ save and resume
 
-    def save(self) -> Path:
-        """Write the checkpoint of the current step (collective); returns its folder."""
-        state = {"sampler": self.data.state_dict(), "total_steps": self.total_steps}
+    def save(self, data_position: dict | None = None, rng: dict | None = None) -> Path:
+        """Write the checkpoint of the current step (collective); returns its folder. ``data_position`` and
+        ``rng``: those of the step's start, when the step failed before anything was applied."""
+        state = {
+            "sampler": data_position or self.data.state_dict(),
+            "total_steps": self.total_steps,
+            "nonfinite": self.nonfinite.state_dict(),
+        }
+        pending, self._pending_fault = self._pending_fault, None
         self._saved_path = checkpoint.save_training(
             self.run_dir,
             self.step,
@@ -251,22 +295,60 @@ class Run:
             self.scheduler,
             self.cfg.keep_last,
             self.dist.is_main,
+            rng=rng,
+            pending=pending,
         )
         self._saved_step = self.step
         return self._saved_path
+
+    def _log_metrics(self, row: dict) -> None:
+        """Rank 0 appends the row. A full disk stops the run: at once in a single process; with several
+        ranks at the next collective point (the step's flags, or a save), so that all stop together."""
+        try:
+            self.run_log.metrics(row)
+        except faults.DiskFullError as err:
+            if not self.dist.enabled:
+                raise
+            log.error("%s", err)
+            self._pending_fault = err
+
+    def _stop_at_step_start(self, failed: StepFailed, data_position: dict, rng: dict) -> None:
+        """A reward raised in the coming step (on some rank): nothing of the step is applied; the checkpoint
+        of the step's start is written (unless the last one is it) and every rank raises RewardFailed."""
+        self.stop_signal.uninstall()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.data.load_state_dict(data_position)
+        saved = self._saved_path if self._saved_step == self.step else self.save(data_position, rng)
+        raise RewardFailed(
+            self.step + 1,
+            failed.term or "(on another rank, see its log)",
+            failed.error or "an exception",
+            saved,
+        )
+
+    def _stop_nonfinite(self) -> None:
+        """``optim.max_nonfinite_steps`` steps in a row were not applied: checkpoint (the weights and
+        optimizer of the last applied step; the streak reset, so a resumed run gets the full allowance)."""
+        self.stop_signal.uninstall()
+        streak, first_bad, terms = self.nonfinite.streak, self.nonfinite.first_bad, self.nonfinite.first_terms
+        self.nonfinite.streak, self.nonfinite.first_bad, self.nonfinite.first_terms = 0, None, ()
+        saved = self.save()
+        raise NonFiniteStop(self.step, streak, first_bad, terms, saved)
 
     def _resume(self, state: dict) -> None:
         """Continue from a checkpoint read by run_dir.start_on_all_ranks."""
         checkpoint.restore_training(state, self.model, self.optimizer, self.scheduler)
         self.data.load_state_dict(state["trainer_state"]["sampler"])
+        self.nonfinite.load_state_dict(state["trainer_state"].get("nonfinite"))
         self.step = int(state["trainer_state"]["step"])
         self.run_log.truncate_after(self.step)
         self._saved_step, self._saved_path = self.step, state["path"]
         log.info("resumed from %s at step %d", state["path"], self.step)
 
     def _stop_if_signalled(self) -> None:
-        """After a step: if any rank got SIGTERM/SIGINT, all write a checkpoint and raise Preempted."""
-        signum = self.stop_signal.agreed(self.dist.device)
+        """Between drawn batches: if any rank got SIGTERM/SIGINT (agreed in the step's flags), all write a
+        checkpoint and raise Preempted."""
+        signum = self._signalled  # agreed by all ranks in this or an earlier step's flags
         if signum:
             self.stop_signal.uninstall()
             saved = self.save() if self._saved_step != self.step else self._saved_path

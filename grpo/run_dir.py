@@ -6,7 +6,10 @@
 
 A resumed run's config is compared with its ``config.yaml``: a change that alters the run is refused unless
 ``--allow-config-change`` names it; accepted changes are appended to ``config_history.jsonl`` and
-``config.yaml`` is rewritten to describe the run as it continues.
+``config.yaml`` is rewritten to describe the run as it continues. The same holds for the data
+(:func:`check_data`): the annotation file, the synthetic world's parameters and the images' list are
+fingerprinted in ``data_fingerprint.json``; a resume on changed data is refused unless
+``--allow-config-change data``, and an accepted change is recorded in ``config_history.jsonl``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from data import fingerprint
 from data.files import write_text_atomic
 from grpo import checkpoint, distributed
 from grpo.config import TrainConfig, check_resume_config, load_config, to_dict
@@ -31,8 +35,9 @@ CONFIG_FILE = "config.yaml"
 HISTORY_FILE = "config_history.jsonl"
 # What a run writes in its folder; --overwrite removes these and nothing else (a warm-start SFT run in
 # <run>/sft is a run of its own: train.py passes --overwrite on to it).
-RUN_ENTRIES = (CONFIG_FILE, HISTORY_FILE, "metrics.jsonl", "samples.jsonl", "checkpoints", "tensorboard",
-               "final_adapter", "wandb-run-id.txt")  # fmt: skip
+DATA_FILE = "data_fingerprint.json"  # what the run trains on (data/fingerprint.py), compared on resume
+RUN_ENTRIES = (CONFIG_FILE, HISTORY_FILE, DATA_FILE, "metrics.jsonl", "samples.jsonl", "checkpoints",
+               "tensorboard", "final_adapter", "wandb-run-id.txt")  # fmt: skip
 
 
 class RunFolderError(RuntimeError):
@@ -170,3 +175,69 @@ def run_config_file(run_dir: str | Path) -> Path:
 def read_run_config(run_dir: str | Path) -> TrainConfig:
     """The config a training run folder was trained with (evaluation, export)."""
     return load_config(run_config_file(run_dir))
+
+
+def data_fingerprint(cfg: TrainConfig, samples) -> dict:
+    """The fingerprint of the data a run trains on: its annotation file, its images (those of ``samples``,
+    relative to the images folder) and, for the synthetic world, the parameters it was generated with."""
+    d = cfg.data
+    root = Path(d.images_dir) if d.images_dir else Path(d.annotation).parent / "images"
+    world = None
+    if d.synthetic_n > 0:
+        world = {
+            "synthetic_n": d.synthetic_n,
+            "synthetic_seed": d.synthetic_seed,
+            "synthetic_image_size": d.synthetic_image_size,
+        }
+    paths = (path for sample in samples for path in sample.image_paths)
+    return fingerprint.fingerprint(Path(d.annotation), paths, root, world)
+
+
+def check_data(
+    run_dir: Path, current: dict, resumed_step: int | None, allow_changes: Sequence[str] = ()
+) -> None:
+    """Rank 0, once the data is loaded: on resume, compare ``current`` with the run's recorded fingerprint
+    (DataDriftError unless ``allow_changes`` holds ``data``; an accepted change goes to config_history.jsonl);
+    then record ``current``. A run recorded before fingerprints existed is compared with nothing."""
+    run_dir = Path(run_dir)
+    path = run_dir / DATA_FILE
+    if resumed_step is not None and path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise RunFolderError(f"{path}: unreadable ({err})") from None
+        changes = fingerprint.check(saved, current, allowed="data" in allow_changes)
+        if changes:
+            record = {
+                "step": resumed_step,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "data_changes": {k: {"from": old, "to": new} for k, (old, new) in changes.items()},
+            }
+            with open(run_dir / HISTORY_FILE, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            log.warning(
+                "data changed from step %d on (--allow-config-change data): %s",
+                resumed_step,
+                ", ".join(changes),
+            )
+    write_text_atomic(path, json.dumps(current, indent=1) + "\n")
+
+
+def check_data_on_all_ranks(
+    cfg: TrainConfig,
+    dist: distributed.DistInfo,
+    samples,
+    resumed_step: int | None,
+    allow_changes: Sequence[str] = (),
+) -> None:
+    """``check_data`` on rank 0 (the fingerprint taken there), its outcome shared: every rank raises the same
+    error. One broadcast, at start."""
+    error = None
+    if dist.is_main:
+        try:
+            check_data(Path(cfg.output_dir), data_fingerprint(cfg, samples), resumed_step, allow_changes)
+        except Exception as err:  # shared with the other ranks, so they stop too instead of waiting
+            error = err
+    error = distributed.broadcast_object(error)
+    if error is not None:
+        raise error

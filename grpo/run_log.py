@@ -25,6 +25,8 @@ TensorBoard events (``log.tensorboard``, the ``log`` extra) and to Weights & Bia
     step_time_s          wall time of the step
     tokens_per_s         completion tokens generated per second of the step (all ranks)
     time/<phase>         seconds per phase: generate, reward, logprob_ref, train (forward+backward), optim
+    nonfinite_steps      steps so far whose loss or gradient norm was not finite, not applied (grpo/faults.py);
+                         such a step's row holds null for each value that was not finite
     skipped_images       samples dropped from the step because an image would not decode (data.skip_bad)
 
 The trainer keeps sums per micro-batch (``rollout_stats``, the update's loss sums); ``metrics_row`` reduces
@@ -44,7 +46,7 @@ import numpy as np
 import torch
 
 from data.files import write_text_atomic
-from grpo import distributed
+from grpo import distributed, faults
 from grpo.config import LogConfig
 
 log = logging.getLogger(__name__)
@@ -146,8 +148,8 @@ class RunLog:
     def metrics(self, row: dict) -> None:
         if not self.enabled:
             return
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        # one whole line or none (a full disk raises DiskFullError); NaN and inf are written as null
+        faults.append_line(self.run_dir / "metrics.jsonl", json.dumps(_finite_or_none(row)))
         scalars = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}
         if self._tb is not None:
             for key, value in scalars.items():
@@ -158,9 +160,9 @@ class RunLog:
     def samples(self, step: int, rows: list[dict]) -> None:
         if not self.enabled:
             return
-        with open(self.run_dir / "samples.jsonl", "a") as f:
-            for row in rows:
-                f.write(json.dumps({"step": step, **row}) + "\n")
+        if rows:
+            text = "\n".join(json.dumps(_finite_or_none({"step": step, **row})) for row in rows)
+            faults.append_line(self.run_dir / "samples.jsonl", text)
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop lines logged after the checkpoint's step, so the files read as one run. A torn
@@ -192,6 +194,11 @@ class RunLog:
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None
+
+
+def _finite_or_none(row: dict) -> dict:
+    """The row with NaN and infinities as None (null): metrics.jsonl stays strict JSON on a non-finite step."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
 
 
 def _tensorboard_writer(folder: Path, required: bool):

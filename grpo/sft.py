@@ -12,6 +12,7 @@ import time
 import torch
 
 from data.batching import append_completion, tokenize_targets
+from grpo import distributed
 from grpo.run import Run
 from grpo.trainer import Trainer
 from model.generation import stop_token_ids
@@ -40,7 +41,8 @@ class SFTTrainer(Run):
                     self._forward_model(True), inputs, images, prompts["input_ids"].shape[1], ids, mask, 1.0
                 )
                 loss = -(logp * mask).sum() / mask.sum()
-                (loss / len(batches)).backward()
+                with distributed.collective("DDP gradient all-reduce (backward)"):
+                    (loss / len(batches)).backward()
             sums["loss"] += loss.item() * share
             sums["completion_tokens"] += mask.sum().item()
             sums["n"] += len(samples)

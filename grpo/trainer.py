@@ -23,6 +23,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from data.batching import append_completion, repeat_for_group
@@ -30,6 +31,7 @@ from data.r2gen import Sample
 from grpo import distributed
 from grpo.advantages import group_advantages, pooled_variance
 from grpo.config import TrainConfig
+from grpo.faults import StepFailed, describe_exception
 from grpo.logprobs import token_logprobs_from_hidden
 from grpo.loss import LossInputs, load_loss
 from grpo.run import Run
@@ -37,7 +39,7 @@ from grpo.run_log import examples, logprob_gap_sum, rollout_stats
 from model.generation import Completions, split_completions
 from model.loading import ImageFeatures, completion_hidden_states, lm_head_weight, unwrap_model
 from model.lora import reference_policy
-from rewards.combine import RewardOutput, build_reward
+from rewards.combine import RewardOutput, RewardTermError, build_reward
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,7 @@ class Trainer(Run):
         researchers plug in a new reward or objective (docs/extending.md). ``policy``, ``resume``,
         ``allow_config_change`` and ``overwrite``: see grpo/run.py."""
         self.reward = reward_fn
+        self._reward_failure: tuple[str, str] | None = None  # (term, "Type: message") of this step
         self.loss_fn = loss_fn or load_loss(cfg.grpo.loss)
         self.rollouts: list[Rollout] = []
         super().__init__(cfg, resume, policy, allow_config_change, overwrite)
@@ -208,7 +211,15 @@ class Trainer(Run):
         ro.texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         references = [s.report for s in ro.samples for _ in range(ro.group_size)]
         keys = [s.study_id for s in ro.samples for _ in range(ro.group_size)]
-        ro.scored = self.reward(ro.texts, references, keys)
+        try:
+            ro.scored = self.reward(ro.texts, references, keys)
+        except Exception as err:  # the step goes on to its next collective (all ranks learn it there), then
+            # the run saves the step's start and stops; zeros stand in for the rewards until then
+            term = err.term if isinstance(err, RewardTermError) else _reward_name(self.reward)
+            error = err.description if isinstance(err, RewardTermError) else describe_exception(err)
+            log.error("step %d: reward term %r raised %s", self.step + 1, term, error)
+            self._reward_failure = self._reward_failure or (term, error)
+            ro.scored = RewardOutput(total=np.zeros(len(ro.texts), dtype=np.float32))
         ro.rewards = torch.as_tensor(ro.scored.total, dtype=torch.float32, device=self.dist.device)
         ro.stats["time/reward"] = time.perf_counter() - t
 
@@ -274,8 +285,12 @@ class Trainer(Run):
         counts = {
             "tokens": sum(ro.loss_mask.sum().item() for ro in rollouts),
             "sequences": sum(ro.loss_mask.shape[0] for ro in rollouts),
+            "reward_failed": float(self._reward_failure is not None),  # rides on this all-reduce
         }
         counts = distributed.all_reduce_sums(counts, self.dist.device)
+        if counts["reward_failed"]:
+            failure, self._reward_failure = self._reward_failure, None
+            raise StepFailed(*(failure or (None, None)))
         world = self.dist.world_size  # DDP averages the ranks' gradients: scale back up to their sum
         sums = {"loss": 0.0, "micro_batches": float(len(rollouts))}
         for k, ro in enumerate(rollouts):
@@ -291,7 +306,8 @@ class Trainer(Run):
                     step_sequences=counts["sequences"],
                 )
                 loss, stats = self.loss_fn(batch, self.cfg.grpo)
-                (loss * world).backward()
+                with distributed.collective("DDP gradient all-reduce (backward)"):
+                    (loss * world).backward()
             if ro.old_logp is None and ro.sample_logp is not None:  # mu = 1: this is the first recomputation
                 gap = logprob_gap_sum(batch.logp.detach(), ro.sample_logp, ro.completion_mask)
                 sums["logprob_gap"] = sums.get("logprob_gap", 0.0) + gap
@@ -299,3 +315,8 @@ class Trainer(Run):
             for name, value in stats.items():
                 sums[f"loss/{name}"] = sums.get(f"loss/{name}", 0.0) + float(value)
         return sums
+
+
+def _reward_name(reward) -> str:
+    """What to call a reward callable that is not a RewardCombiner (its terms unknown)."""
+    return getattr(reward, "__name__", None) or type(reward).__name__

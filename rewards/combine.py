@@ -8,6 +8,9 @@ Known terms:
 - ``cef1``: report-level CE-F1 between the same two label vectors (needs a labeler);
 - ``nlg``: BLEU-4 + ROUGE-L + CIDEr-D of the report against the reference (needs training references).
 
+A term that raises is re-raised as :class:`RewardTermError` naming it (the labeler, shared by ``mccs`` and
+``cef1``, is named as such), so a run can stop with one line saying which term failed and why.
+
 Labels are computed from the extracted report (``extract_report``), once per distinct report text per call,
 shared by ``mccs`` and ``cef1``. Reference labels are cached by study key and computed only the first time a
 key is seen: the reference of a study never changes, so its labels are never recomputed across steps.
@@ -15,6 +18,7 @@ key is seen: the reference of a study never changes, so its labels are never rec
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +37,27 @@ LABEL_TERMS = frozenset({"mccs", "cef1"})
 PAPER_WEIGHTS: dict[str, float] = {"mccs": 0.75, "format": 0.25}  # the default of config reward.weights
 
 logger = logging.getLogger(__name__)
+
+
+class RewardTermError(RuntimeError):
+    """A reward term raised: ``term`` names it, ``error`` is the original exception."""
+
+    def __init__(self, term: str, error: BaseException):
+        self.term, self.error = term, error
+        first = (str(error).strip().splitlines() or [""])[0]
+        self.description = f"{type(error).__name__}: {first}" if first else type(error).__name__
+        super().__init__(f"reward term {term!r} raised {self.description}")
+
+
+@contextlib.contextmanager
+def reward_term(name: str):
+    """Name the term whose computation runs inside (an error already naming one passes unchanged)."""
+    try:
+        yield
+    except RewardTermError:
+        raise
+    except Exception as err:
+        raise RewardTermError(name, err) from err
 
 
 @dataclass
@@ -100,14 +125,18 @@ class RewardCombiner:
             pred_codes = self._label_unique(reports)
             ref_codes = self._reference_codes(references, ref_keys)
             if "mccs" in self.weights:
-                terms["mccs"] = mccs_from_codes(pred_codes, ref_codes, self.margin, self.blank_match)
+                with reward_term("mccs"):
+                    terms["mccs"] = mccs_from_codes(pred_codes, ref_codes, self.margin, self.blank_match)
             if "cef1" in self.weights:
-                terms["cef1"] = ce_f1_reward(pred_codes, ref_codes, uncertain_as=self.uncertain_as)
-        format_scores = np.array([format_reward(c) for c in completions], dtype=np.float64)
+                with reward_term("cef1"):
+                    terms["cef1"] = ce_f1_reward(pred_codes, ref_codes, uncertain_as=self.uncertain_as)
+        with reward_term("format"):
+            format_scores = np.array([format_reward(c) for c in completions], dtype=np.float64)
         if "format" in self.weights:
             terms["format"] = format_scores
         if "nlg" in self.weights:
-            terms["nlg"] = self.nlg(reports, list(references))
+            with reward_term("nlg"):
+                terms["nlg"] = self.nlg(reports, list(references))
         total = np.zeros(len(completions), dtype=np.float64)
         for name, weight in self.weights.items():
             total += weight * terms[name]
@@ -120,7 +149,8 @@ class RewardCombiner:
         )
 
     def _label(self, texts: list[str]) -> np.ndarray:
-        codes = validate_codes(self.labeler.label(texts))
+        with reward_term("labeler (" + ", ".join(t for t in self.weights if t in LABEL_TERMS) + ")"):
+            codes = validate_codes(self.labeler.label(texts))
         if codes.shape[0] != len(texts):
             raise ValueError(f"labeler returned {codes.shape[0]} rows for {len(texts)} texts")
         return codes

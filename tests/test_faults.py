@@ -1,7 +1,8 @@
 """Fault injection on the tiny model: what a shared cluster does to a run, and what the run does about it.
 
 Every test breaks something real (a signal, a truncated or planted checkpoint file, a changed config, a torn
-log line, a reused or unwritable folder, a truncated PNG) and checks the user-visible outcome: the run
+log line, a reused or unwritable folder, a truncated PNG, a full disk, a NaN, a reward that raises, a rank
+that never arrives, changed data; docs/faults.md lists them) and checks the user-visible outcome: the run
 continues exactly as an uninterrupted one, or stops with one line naming the cause, before the model loads
 where it can.
 """
@@ -516,3 +517,513 @@ def test_train_py_on_sigterm_prints_one_line_exits_143_and_resume_auto_finishes(
                              timeout=600)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [r["step"] for r in metrics(out)] == list(range(1, 41))
+
+
+# ------------------------------------------------------------- the faults that remain: the pieces (pure)
+
+
+def test_nonfinite_steps_count_every_bad_step_and_stop_after_the_limit_in_a_row():
+    from grpo.faults import NonFiniteSteps, nonfinite_terms
+
+    assert nonfinite_terms({"loss": float("nan"), "loss/kl": 0.1, "grad_norm": float("inf"), "n": 3}) == [
+        "loss", "grad_norm"
+    ]  # fmt: skip
+    steps = NonFiniteSteps(limit=3)
+    assert not steps.record(1, False)
+    assert not steps.record(2, True, ("loss",)) and not steps.record(3, True, ("grad_norm",))
+    assert not steps.record(4, False)  # a good step ends the streak
+    assert not steps.record(5, True, ("loss/kl",)) and not steps.record(6, True)
+    assert steps.record(7, True)  # the third in a row
+    assert (steps.total, steps.streak, steps.first_bad, steps.first_terms) == (5, 3, 5, ("loss/kl",))
+    again = NonFiniteSteps(limit=3)
+    again.load_state_dict(steps.state_dict())
+    assert again == steps
+
+
+def test_the_step_flags_ride_on_one_all_reduce(monkeypatch):
+    from grpo import distributed
+    from grpo.preemption import Agreement, StopSignal
+
+    calls = []
+    real = distributed.all_reduce_max_many
+    monkeypatch.setattr(distributed, "all_reduce_max_many", lambda *a, **k: calls.append(a) or real(*a, **k))
+    stop = StopSignal()
+    assert stop.agree(torch.device("cpu"), nonfinite=True) == Agreement(signum=0, nonfinite=True)
+    stop.received = signal.SIGTERM
+    assert stop.agree(torch.device("cpu")) == Agreement(signum=signal.SIGTERM, nonfinite=False)
+    assert stop.agreed(torch.device("cpu")) == signal.SIGTERM
+    assert len(calls) == 3  # one collective per call, whatever it carries
+
+
+def test_a_metrics_line_is_whole_or_absent_on_a_full_disk(tmp_path, monkeypatch):
+    import errno
+
+    from grpo import faults
+
+    path = tmp_path / "metrics.jsonl"
+    faults.append_line(path, json.dumps({"step": 1}))
+    real_write = os.write
+
+    def half_then_full(fd, data):
+        real_write(fd, data[: len(data) // 2])  # what a filling disk does: part of the line lands
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(faults.os, "write", half_then_full)
+    with pytest.raises(faults.DiskFullError, match=r"metrics.jsonl not written \(No space left on device\)"):
+        faults.append_line(path, json.dumps({"step": 2, "loss": 0.5}))
+    assert path.read_text() == '{"step": 1}\n'  # no torn row
+
+
+def test_the_free_space_check_names_the_folder_the_bytes_needed_and_free(tmp_path, monkeypatch):
+    from grpo import faults
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(faults.shutil, "disk_usage", lambda p: usage._replace(free=1000))
+    target = tmp_path / "checkpoints" / "step-000004"
+    faults.check_free_space(target, needed=999)
+    with pytest.raises(faults.DiskFullError) as caught:
+        faults.check_free_space(target, needed=5000, kept=tmp_path / "checkpoints" / "step-000002")
+    message = str(caught.value)
+    assert str(target) in message and "5000 bytes" in message and "1000 bytes free" in message
+    assert "step-000002 kept" in message and "--resume" in message
+
+
+def test_a_data_fingerprint_names_what_changed(tmp_path):
+    from data import fingerprint
+    from data.fingerprint import DataDriftError
+
+    (tmp_path / "images").mkdir()
+    image = tmp_path / "images" / "a.png"
+    image.write_bytes(b"x" * 10)
+    annotation = tmp_path / "annotation.json"
+    annotation.write_text("{}")
+    world = {"synthetic_n": 12, "synthetic_seed": 3, "synthetic_image_size": 56}
+    saved = fingerprint.fingerprint(annotation, [image, image], tmp_path / "images", world)
+    assert saved["images"]["count"] == 1 and saved["annotation"]["size"] == 2
+    assert fingerprint.check(saved, fingerprint.fingerprint(annotation, [image], tmp_path / "images", world),
+                             allowed=False) == {}  # fmt: skip
+    image.write_bytes(b"x" * 11)
+    annotation.write_text('{"train": []}')
+    now = fingerprint.fingerprint(annotation, [image], tmp_path / "images", {**world, "synthetic_seed": 4})
+    with pytest.raises(DataDriftError) as caught:
+        fingerprint.check(saved, now, allowed=False)
+    message = str(caught.value)
+    assert "annotation (2 bytes" in message and "-> 13 bytes" in message
+    assert (
+        "images (1 files, sha256" in message
+        and "world" in message
+        and "--allow-config-change data" in message
+    )
+    assert set(fingerprint.check(saved, now, allowed=True)) == {"annotation", "world", "images"}
+
+
+def test_a_reward_term_that_raises_is_named(monkeypatch):
+    from rewards import combine
+    from rewards.combine import RewardCombiner, RewardTermError
+
+    class BrokenLabeler:
+        def label(self, texts):
+            raise KeyError("no such observation")
+
+    with pytest.raises(RewardTermError, match=r"reward term 'labeler \(mccs\)' raised KeyError: 'no such"):
+        RewardCombiner({"mccs": 0.75, "format": 0.25}, labeler=BrokenLabeler())(["a"], ["b"], ["k"])
+
+    def broken_format(text):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(combine, "format_reward", broken_format)
+    with pytest.raises(RewardTermError) as caught:
+        RewardCombiner({"format": 1.0})(["a"], ["b"], ["k"])
+    assert caught.value.term == "format" and caught.value.description == "ZeroDivisionError: division by zero"
+
+
+def _torchrun(*args, timeout=120, env_extra=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
+    root = Path(__file__).resolve().parent.parent
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        *map(str, args),
+    ]
+    return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_rank_that_never_arrives_stops_the_other_with_one_line_and_exit_4():
+    """2 processes (gloo, dist_timeout_s=2): rank 1 sleeps through the step's flag all-reduce."""
+    result = _torchrun(Path(__file__).parent / "timeout_worker.py", "flags", 7)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: collective timeout")]
+    assert lines, result.stderr[-3000:]
+    line = lines[0]
+    assert "at step 7" in line and "all_reduce (step flags)" in line and "on rank 0" in line, line
+    assert "rank 1 did not arrive" in line and "--resume auto" in line, line
+    assert "exitcode  : 4" in result.stderr  # rank 0's exit code, as torchrun reports it
+
+
+# ------------------------------------------------------------------ the faults that remain: end to end
+
+
+def rows_equal(a_dir, b_dir, steps):
+    """Two runs' metrics, row for row (null where a value was not finite)."""
+    a, b = metrics(a_dir), metrics(b_dir)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(steps)
+    for row_a, row_b in zip(a, b):
+        assert row_a.keys() == row_b.keys()
+        for key, value in row_a.items():
+            if value is None or row_b[key] is None:
+                assert value is row_b[key], (row_a["step"], key)
+            else:
+                assert value == pytest.approx(row_b[key], rel=1e-5, abs=1e-7), (row_a["step"], key)
+
+
+def no_temporary_folders(out):
+    return not list((out / "checkpoints").glob(".tmp-*"))
+
+
+def test_a_full_disk_at_a_checkpoint_write_keeps_the_last_good_one_and_resume_matches(
+    tiny_model_dir, world, tmp_path, straight, monkeypatch
+):
+    """ENOSPC in the middle of writing step 4's checkpoint (keep_last=1): nothing half-written, step 2 kept
+    (rotation waits for the new one to verify), one line naming the folder and the bytes; then --resume
+    (space freed) ends as the uninterrupted run."""
+    import errno
+
+    from grpo.faults import DiskFullError
+
+    out = tmp_path / "run"
+    real_save = torch.save
+
+    def full_at_step_4(obj, path, *args, **kwargs):
+        if ".tmp-step-000004" in str(path) and str(path).endswith("scheduler.pt"):
+            Path(path).write_bytes(b"half")  # what the disk took before it filled up
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_at_step_4)
+    with pytest.raises(DiskFullError) as caught:
+        run(make_cfg(tiny_model_dir, world, out, "keep_last=1"))
+    line = str(caught.value)
+    assert line.startswith(f"disk full: {out / 'checkpoints' / 'step-000004'} not written (No space left")
+    assert re.search(r"needs about \d+ bytes, \d+ bytes free", line) and "step-000002 kept" in line, line
+    assert [p.name for p in checkpoint.list_checkpoints(out)] == ["step-000002"] and no_temporary_folders(out)
+    checkpoint.verify_checkpoint(out / "checkpoints" / "step-000002")
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4]  # whole rows, step 4's logged before the save
+
+    monkeypatch.undo()
+    run(make_cfg(tiny_model_dir, world, out, "keep_last=1"), resume=True)
+    rows_equal(straight, out, range(1, STEPS + 1))
+
+
+def test_too_little_free_space_stops_before_writing_with_one_line_and_exit_3(
+    tiny_model_dir, world, tmp_path, monkeypatch, capsys
+):
+    from grpo import faults
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(faults.shutil, "disk_usage", lambda p: usage._replace(free=1000))
+    out = tmp_path / "run"
+    assert cli(tiny_model_dir, world, out, extra=("max_steps=2", "save_every=1")) == 3
+    line = one_line_error(capsys)
+    assert line.startswith(f"error: disk full: {out / 'checkpoints' / 'step-000002'} not written (checked")
+    assert "1000 bytes free" in line and "step-000001 kept" in line and "--resume" in line
+    assert [p.name for p in checkpoint.list_checkpoints(out)] == ["step-000001"] and no_temporary_folders(out)
+    monkeypatch.undo()
+    assert cli(tiny_model_dir, world, out, "--resume", extra=("max_steps=2", "save_every=1")) == 0
+    assert [r["step"] for r in metrics(out)] == [1, 2]
+
+
+def test_a_full_disk_never_tears_a_metrics_row_and_resume_matches(
+    tiny_model_dir, world, tmp_path, straight, monkeypatch
+):
+    import errno
+
+    from grpo import faults
+    from grpo.faults import DiskFullError
+
+    out = tmp_path / "run"
+    real_write = os.write
+
+    def full_at_row_3(fd, data):
+        if data.startswith(b'{"step": 3,'):
+            real_write(fd, data[:20])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(faults.os, "write", full_at_row_3)
+    with pytest.raises(DiskFullError, match=r"metrics.jsonl not written \(No space left on device\)"):
+        run(make_cfg(tiny_model_dir, world, out))
+    assert [r["step"] for r in metrics(out)] == [1, 2]  # every line whole
+    monkeypatch.undo()
+    run(make_cfg(tiny_model_dir, world, out), resume=True)
+    rows_equal(straight, out, range(1, STEPS + 1))
+
+
+def nan_loss_at(steps):
+    """The configured loss, multiplied by NaN in the given optimizer steps (the step the loop is in)."""
+    from grpo import distributed
+    from grpo.loss import load_loss
+
+    loss_fn = load_loss("grpo")
+
+    def loss(batch, cfg):
+        value, stats = loss_fn(batch, cfg)
+        return (value * float("nan"), stats) if distributed._step in steps else (value, stats)
+
+    return loss
+
+
+def test_non_finite_steps_are_not_applied_counted_and_stop_the_run_after_three_in_a_row(
+    tiny_model_dir, world, tmp_path
+):
+    """NaN loss in steps 2, 3 and 4: none is applied (weights, optimizer and lr stay those of step 1), each
+    row says so, and the third stops the run after a checkpoint, naming step 2 and the loss. A run
+    interrupted mid-streak and resumed counts the same and stops at the same step."""
+    from grpo.faults import NonFiniteStop
+
+    loss = nan_loss_at({2, 3, 4})
+    straight_nan, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    with pytest.raises(NonFiniteStop) as caught:
+        Trainer(make_cfg(tiny_model_dir, world, straight_nan, "max_steps=6", "save_every=1", "keep_last=9"),
+                reward_fn=e_share, loss_fn=loss).train()  # fmt: skip
+    line = str(caught.value)
+    assert line.startswith(
+        "stopped after step 4: 3 steps in a row were not finite and not applied (first: step 2"
+    )
+    assert "not finite: loss, grad_norm" in line and "weights are those of step 1" in line, line
+    rows = metrics(straight_nan)
+    assert [r["nonfinite_steps"] for r in rows] == [0, 1, 2, 3]
+    assert rows[1]["loss"] is None and rows[1]["grad_norm"] is None
+    assert rows[1]["lr"] == rows[2]["lr"] == rows[3]["lr"]  # the schedule did not advance
+    ckpts = straight_nan / "checkpoints"
+    assert (ckpts / "step-000001" / "adapter" / "adapter_model.safetensors").read_bytes() == (
+        ckpts / "step-000004" / "adapter" / "adapter_model.safetensors"
+    ).read_bytes()
+    assert torch.load(ckpts / "step-000004" / "optimizer.pt")["state"][0]["step"] == 1
+
+    cfg = make_cfg(tiny_model_dir, world, interrupted, "max_steps=6", "save_every=1", "keep_last=9")
+    trainer = Trainer(cfg, reward_fn=e_share, loss_fn=loss)
+    trainer.train(stop_after=3)  # mid-streak: the checkpoint holds a streak of 2
+    trainer.close()
+    with pytest.raises(NonFiniteStop, match="stopped after step 4: 3 steps in a row"):
+        Trainer(cfg, resume=True, reward_fn=e_share, loss_fn=loss).train()
+    rows_equal(straight_nan, interrupted, range(1, 5))
+
+
+def raise_at_step(step):
+    from grpo import distributed
+
+    def e_share_then_raise(completions, references, keys):
+        if distributed._step == step:
+            raise ZeroDivisionError("float division by zero")
+        return e_share(completions, references, keys)
+
+    return e_share_then_raise
+
+
+def test_a_reward_that_raises_checkpoints_the_step_start_and_resume_repeats_the_step(
+    tiny_model_dir, world, tmp_path, straight
+):
+    from grpo.faults import RewardFailed
+
+    out = tmp_path / "run"
+    with pytest.raises(RewardFailed) as caught:
+        run(make_cfg(tiny_model_dir, world, out), reward_fn=raise_at_step(4))
+    line = str(caught.value)
+    assert line.startswith(
+        "stopped in step 4: reward term 'e_share_then_raise' raised ZeroDivisionError: float"
+    )
+    assert "step-000003 (the step's start) written" in line and "--resume repeats the step" in line
+    assert checkpoint.latest_checkpoint(out).name == "step-000003"  # the last save was step 2
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3]
+    run(make_cfg(tiny_model_dir, world, out), resume=True)
+    rows_equal(straight, out, range(1, STEPS + 1))
+
+
+def test_a_reward_term_that_raises_stops_train_py_with_one_line_naming_it(
+    tiny_model_dir, world, tmp_path, monkeypatch, capsys
+):
+    from rewards import combine
+
+    def broken(*args, **kwargs):
+        raise ValueError("labels of unequal length")
+
+    monkeypatch.setattr(combine, "mccs_from_codes", broken)
+    out = tmp_path / "run"
+    assert cli(tiny_model_dir, world, out, extra=("max_steps=2",)) == 3
+    line = one_line_error(capsys)
+    assert line.startswith(
+        "error: stopped in step 1: reward term 'mccs' raised ValueError: labels of unequal"
+    )
+    assert checkpoint.latest_checkpoint(out).name == "step-000000" and not (out / "metrics.jsonl").exists()
+
+
+def test_resume_on_changed_data_is_refused_naming_it_then_allowed_and_recorded(
+    tiny_model_dir, world, tmp_path, capsys, monkeypatch
+):
+    copy = tmp_path / "world"
+    shutil.copytree(world.parent, copy)
+    annotation = copy / world.name
+    out = tmp_path / "run"
+    extra = ("max_steps=2", "save_every=1")
+    trainer = Trainer(make_cfg(tiny_model_dir, annotation, out, *extra), reward_fn=e_share)
+    trainer.train(stop_after=1)
+    trainer.close()
+    recorded = json.loads((out / "data_fingerprint.json").read_text())
+    assert recorded["annotation"]["size"] == annotation.stat().st_size
+
+    content = json.loads(annotation.read_text())
+    content["test"][0]["report"] += " Changed."
+    annotation.write_text(json.dumps(content))
+    image = (
+        load_config(None, [f"data.annotation={annotation}", "model.path=x"])
+        .data.load_samples()[0]
+        .image_paths[0]
+    )
+    with open(image, "ab") as f:
+        f.write(b"\0")  # a re-encoded or re-copied image: same name, other bytes
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the error")
+
+    monkeypatch.setattr(ModelConfig, "load_policy", refuse)
+    assert cli(tiny_model_dir, annotation, out, "--resume", extra=extra) == 2
+    line = one_line_error(capsys)
+    assert line.startswith("error: --resume on data that changed since the run started: annotation (")
+    assert "images (" in line and "--allow-config-change data" in line, line
+    monkeypatch.undo()
+
+    trainer = Trainer(make_cfg(tiny_model_dir, annotation, out, *extra), resume=True, reward_fn=e_share,
+                      allow_config_change=("data",))  # fmt: skip
+    trainer.train()
+    trainer.close()
+    history = [json.loads(line) for line in (out / "config_history.jsonl").read_text().splitlines()]
+    assert history[-1]["step"] == 1 and "annotation" in history[-1]["data_changes"]
+    assert (
+        json.loads((out / "data_fingerprint.json").read_text())["annotation"]["size"]
+        == annotation.stat().st_size
+    )
+
+
+@pytest.mark.slow
+def test_a_rank_asleep_in_training_stops_every_rank_with_one_line_exit_4_and_nothing_half_written(
+    tiny_model_dir, world, tmp_path
+):
+    """train.py under torchrun (gloo, dist_timeout_s=2): rank 1's reward sleeps in step 2. Rank 0 gives up in
+    the step's first all-reduce naming rank 1; rank 1, late, finds rank 0 gone; both exit 4 with one line,
+    and the run folder holds step 1's checkpoint only, whole (--resume auto continues from it)."""
+    config = tmp_path / "empty.yaml"
+    config.write_text("{}\n")
+    out = tmp_path / "run"
+    result = _torchrun(
+        Path(__file__).parent / "timeout_worker.py", "train", *overrides(tiny_model_dir, world, out),
+        "batch.prompts_per_device=1", "save_every=1", "max_steps=3", env_extra={"EMPTY_CONFIG": str(config)},
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: collective timeout")]
+    assert any("at step 2" in line and "on rank 0 (rank 1 did not arrive" in line for line in lines), lines
+    assert "exitcode  : 4" in result.stderr, result.stderr[-3000:]
+    assert [p.name for p in checkpoint.list_checkpoints(out)] == ["step-000001"] and no_temporary_folders(out)
+    checkpoint.verify_checkpoint(out / "checkpoints" / "step-000001")
+    assert [r["step"] for r in metrics(out)] == [1]
+
+
+DDP_RUN = ("batch.prompts_per_device=1", "optim.lr=0.01", "save_every=1", "keep_last=5", "max_steps=3")
+
+
+def ddp_fault(tiny_model_dir, world, out, mode, step):
+    worker = Path(__file__).parent / "fault_worker.py"
+    return _torchrun(worker, mode, step, *overrides(tiny_model_dir, world, out), *DDP_RUN, timeout=300)
+
+
+def rank_lines(stderr):
+    return sorted(line for line in stderr.splitlines() if re.match(r"rank \d: error: ", line))
+
+
+@pytest.fixture(scope="module")
+def ddp_straight(tiny_model_dir, world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp-straight") / "run"
+    result = ddp_fault(tiny_model_dir, world, out, "none", 0)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_ddp_a_nan_on_one_rank_is_skipped_by_both(tiny_model_dir, world, tmp_path):
+    out = tmp_path / "run"
+    result = ddp_fault(tiny_model_dir, world, out, "nan", 2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = metrics(out)
+    assert [r["nonfinite_steps"] for r in rows] == [0, 1, 1] and rows[1]["loss"] is None
+    a, b = torch.load(out / "params-rank0.pt"), torch.load(out / "params-rank1.pt")
+    assert all(torch.equal(x, y) for x, y in zip(a, b))  # both ranks skipped the same step
+
+
+@pytest.mark.slow
+def test_ddp_a_reward_raising_on_one_rank_stops_both_and_resume_matches(
+    tiny_model_dir, world, tmp_path, ddp_straight
+):
+    out = tmp_path / "run"
+    result = ddp_fault(tiny_model_dir, world, out, "reward", 2)
+    assert result.returncode != 0 and "exitcode  : 3" in result.stderr, result.stderr[-3000:]
+    lines = rank_lines(result.stderr)  # (torchrun may end rank 0 before it prints: the first exit ends all)
+    assert lines and all(
+        line.startswith(f"rank {line[5]}: error: stopped in step 2: reward term ") for line in lines
+    )
+    assert any(line.startswith("rank 1: error: stopped in step 2: reward term 'reward' raised KeyError: 'study")
+               for line in lines) or any("(on another rank, see its log)" in line for line in lines), lines  # fmt: skip
+    assert checkpoint.latest_checkpoint(out).name == "step-000001"
+    resumed = ddp_fault(tiny_model_dir, world, out, "none", 0)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows_equal(ddp_straight, out, range(1, 4))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["disk", "metrics"], ids=["checkpoint", "metrics-row"])
+def test_ddp_a_full_disk_on_rank_0_stops_both_with_the_same_line(tiny_model_dir, world, tmp_path, where):
+    """Rank 0 alone writes: its full disk reaches rank 1 through the save's shared outcome (a metrics row
+    rank 0 could not write is raised there too), so neither waits for the other."""
+    out = tmp_path / "run"
+    result = ddp_fault(tiny_model_dir, world, out, where, 2)
+    assert result.returncode != 0 and "exitcode  : 3" in result.stderr, result.stderr[-3000:]
+    lines = rank_lines(result.stderr)
+    # the same line on each rank (torchrun may end one rank before it prints: the first exit ends the rest)
+    assert lines and len({line[len("rank 0") :] for line in lines}) == 1, result.stderr[-3000:]
+    written = "checkpoints/step-000002" if where == "disk" else "metrics.jsonl"
+    assert f"{written} not written (No space left on device)" in lines[0], lines
+    assert [p.name for p in checkpoint.list_checkpoints(out)] == ["step-000001"] and no_temporary_folders(out)
+    assert [r["step"] for r in metrics(out)] == ([1, 2] if where == "disk" else [1])
+
+
+def test_torch_saves_own_error_on_a_full_disk_counts_as_one(tmp_path, monkeypatch):
+    """On a full tmpfs torch.save raises RuntimeError("... unexpected pos 28800 vs 28688"), no errno: with the
+    disk left with less than the checkpoint needs, that is a full disk too (found on a real 2 MB tmpfs)."""
+    from grpo import faults
+
+    def adapter(folder):
+        folder.mkdir()
+        (folder / "adapter_model.safetensors").write_bytes(b"w")
+
+    def save(step):
+        return checkpoint.save_checkpoint(
+            tmp_path, step, {}, adapter, {"s": 1}, {"e": 1}, keep_last=1, is_main=True
+        )
+
+    save(1)
+
+    def broken(obj, path, *args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 28800 vs 28688")
+
+    monkeypatch.setattr(checkpoint.torch, "save", broken)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(faults.shutil, "disk_usage", lambda p: usage._replace(free=1 << 19))
+    with pytest.raises(faults.DiskFullError, match=r"step-000002 not written \(\[enforce fail"):
+        save(2)
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["step-000001"]
+    assert no_temporary_folders(tmp_path)
+    monkeypatch.setattr(faults.shutil, "disk_usage", lambda p: usage._replace(free=1 << 40))
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # plenty of space: not the disk, passed on
+        save(2)
