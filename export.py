@@ -71,8 +71,13 @@ def _readable_like_other_files(folder: Path) -> None:
             path.chmod(0o666 & ~umask)
 
 
-def export_merged(run_dir: str | Path, out_dir: str | Path, adapter_dir: str | Path,
-                  dtype: str | None = None, device: str = "cpu") -> Path:  # fmt: skip
+def export_merged(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    adapter_dir: str | Path,
+    dtype: str | None = None,
+    device: str = "cpu",
+) -> Path:
     """Merge ``adapter_dir`` into the run's base model and write the folder ``out_dir`` (atomically)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -84,9 +89,14 @@ def export_merged(run_dir: str | Path, out_dir: str | Path, adapter_dir: str | P
     base = peft_model.get_base_model()
     base.generation_config = sampling_generation_config(base, processor.tokenizer, cfg.sampling)
 
-    provenance = {"run": str(run_dir.resolve()), "adapter": str(Path(adapter_dir).resolve()),
-                  "base_model": str(Path(m.path).resolve()), "dtype": str(dtype),
-                  "min_pixels": m.min_pixels, "max_pixels": m.max_pixels}  # fmt: skip
+    provenance = {
+        "run": str(run_dir.resolve()),
+        "adapter": str(Path(adapter_dir).resolve()),
+        "base_model": str(Path(m.path).resolve()),
+        "dtype": str(dtype),
+        "min_pixels": m.min_pixels,
+        "max_pixels": m.max_pixels,
+    }
     with atomic_dir(out_dir, tmp=out_dir.with_name(out_dir.name + ".tmp")) as tmp:  # out_dir: absent or empty
         merge_and_save(peft_model, tmp, processor)
         (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")

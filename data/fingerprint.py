@@ -56,8 +56,12 @@ def world_digest(params: Mapping | None) -> dict | None:
     return {"params": dict(params), "sha256": hashlib.sha256(text.encode()).hexdigest()}
 
 
-def fingerprint(annotation: Path, image_paths: Iterable[Path], images_root: Path | None = None,
-                world: Mapping | None = None) -> dict:  # fmt: skip
+def fingerprint(
+    annotation: Path,
+    image_paths: Iterable[Path],
+    images_root: Path | None = None,
+    world: Mapping | None = None,
+) -> dict:
     """The run's data fingerprint: ``annotation``, ``world`` (or None) and ``images``."""
     return {
         "annotation": file_digest(Path(annotation)),

@@ -232,8 +232,13 @@ def build_base_model(
     annotation = world / "annotation.json"
     if not annotation.exists():
         logger.info("pretraining world: %d studies, seed %d", recipe.world_studies, recipe.world_seed)
-        generate_world(world, n=recipe.world_studies, seed=recipe.world_seed, image_size=recipe.image_size,
-                       split_fractions=(1.0, 0.0, 0.0))  # fmt: skip
+        generate_world(
+            world,
+            n=recipe.world_studies,
+            seed=recipe.world_seed,
+            image_size=recipe.image_size,
+            split_fractions=(1.0, 0.0, 0.0),
+        )
     prompt = PromptConfig()
     texts = [*world_texts(annotation), prompt.system, prompt.instruction, *_FORMAT_WORDS]
     init = work / "init"
@@ -244,8 +249,11 @@ def build_base_model(
     probe = FindingProbe(model.config.text_config.hidden_size, len(FINDINGS))
     finding_losses = pretrain_vision(model, processor, samples, probe, recipe)
     losses = pretrain(model, processor, samples, probe, recipe)
-    record = {**asdict(recipe), "final_report_loss": float(np.mean(losses[-50:])),
-              "stage1_finding_loss": float(np.mean(finding_losses[-50:]))}  # fmt: skip
+    record = {
+        **asdict(recipe),
+        "final_report_loss": float(np.mean(losses[-50:])),
+        "stage1_finding_loss": float(np.mean(finding_losses[-50:])),
+    }
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)

@@ -66,9 +66,15 @@ def _read_done(path: Path) -> dict[str, dict]:
 
 
 def generate_split(
-    run_dir: Path, split: str, out_dir: Path, checkpoint: int | None = None, no_adapter: bool = False,
-    decoding: Decoding | None = None, device: str = "auto", per_study: bool = True,
-) -> list[dict]:  # fmt: skip
+    run_dir: Path,
+    split: str,
+    out_dir: Path,
+    checkpoint: int | None = None,
+    no_adapter: bool = False,
+    decoding: Decoding | None = None,
+    device: str = "auto",
+    per_study: bool = True,
+) -> list[dict]:
     """Rows ``{"id", "study_id", "reference", "generated", "labels"}`` for every sample of ``split`` (the
     first of each study when ``per_study``; rank 0 gets all). ``labels`` are the true codes, or None."""
     from data.batching import collate_prompts
@@ -93,8 +99,14 @@ def generate_split(
     done = _read_done(part_file)
     todo = [s for s in mine if s.id not in done]
     adapter = resolve_adapter(run_dir, checkpoint, no_adapter)
-    log.info("generating %d of %d %s samples (%d already done) with %s", len(todo), len(mine), split,
-             len(mine) - len(todo), adapter or "the base model")  # fmt: skip
+    log.info(
+        "generating %d of %d %s samples (%d already done) with %s",
+        len(todo),
+        len(mine),
+        split,
+        len(mine) - len(todo),
+        adapter or "the base model",
+    )
 
     if todo:
         model, processor = cfg.model.load_trained(info.device, adapter)

@@ -289,8 +289,12 @@ def find_resumable(run_dir: Path, rank: int) -> dict | None:
             problems.append(str(err))
             continue
         if problems and rank == 0:
-            log.warning("skipped %d newer checkpoint(s) (%s); resuming from %s",
-                        len(problems), "; ".join(problems), path)  # fmt: skip
+            log.warning(
+                "skipped %d newer checkpoint(s) (%s); resuming from %s",
+                len(problems),
+                "; ".join(problems),
+                path,
+            )
         return state
     if problems:
         raise CheckpointError(
@@ -350,8 +354,10 @@ def restore_training(state: dict, model, optimizer, scheduler) -> None:
     state, this rank's RNG. The optimizer's hyperparameters and the lr schedule come from the current config
     (the saved one, unless --allow-config-change accepted a change)."""
     load_policy_weights(model, state["adapter_dir"])
-    configured = [{k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")}
-                  for g in optimizer.param_groups]  # fmt: skip
+    configured = [
+        {k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")}
+        for g in optimizer.param_groups
+    ]
     base_lrs = list(scheduler.base_lrs)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

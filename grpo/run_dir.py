@@ -36,8 +36,17 @@ HISTORY_FILE = "config_history.jsonl"
 # What a run writes in its folder; --overwrite removes these and nothing else (a warm-start SFT run in
 # <run>/sft is a run of its own: train.py passes --overwrite on to it).
 DATA_FILE = "data_fingerprint.json"  # what the run trains on (data/fingerprint.py), compared on resume
-RUN_ENTRIES = (CONFIG_FILE, HISTORY_FILE, DATA_FILE, "metrics.jsonl", "samples.jsonl", "checkpoints",
-               "tensorboard", "final_adapter", "wandb-run-id.txt")  # fmt: skip
+RUN_ENTRIES = (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    DATA_FILE,
+    "metrics.jsonl",
+    "samples.jsonl",
+    "checkpoints",
+    "tensorboard",
+    "final_adapter",
+    "wandb-run-id.txt",
+)
 
 
 class RunFolderError(RuntimeError):
@@ -134,18 +143,29 @@ def start(
         changes = check_resume_config(saved, cfg, allow_changes)
         if changes:
             step = state["trainer_state"]["step"]
-            record = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                      "changes": {k: {"from": old, "to": new} for k, (old, new) in changes.items()}}  # fmt: skip
+            record = {
+                "step": step,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "changes": {k: {"from": old, "to": new} for k, (old, new) in changes.items()},
+            }
             with open(run_dir / HISTORY_FILE, "a") as f:
                 f.write(json.dumps(record) + "\n")
-            log.warning("config changed from step %d on: %s", step,
-                        ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()))  # fmt: skip
+            log.warning(
+                "config changed from step %d on: %s",
+                step,
+                ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()),
+            )
     _write_config(run_dir, cfg)
     return state
 
 
-def start_on_all_ranks(cfg: TrainConfig, dist: distributed.DistInfo, resume: bool | str = False,
-                       allow_changes: Sequence[str] = (), overwrite: bool = False) -> dict | None:  # fmt: skip
+def start_on_all_ranks(
+    cfg: TrainConfig,
+    dist: distributed.DistInfo,
+    resume: bool | str = False,
+    allow_changes: Sequence[str] = (),
+    overwrite: bool = False,
+) -> dict | None:
     """``start`` on rank 0, its outcome shared: every rank raises the same error, or reads its own RNG state
     from the same checkpoint. Returns that checkpoint, read, or None for a fresh start."""
     outcome: tuple = (None, None)

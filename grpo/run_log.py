@@ -129,8 +129,9 @@ def metrics_row(sums: dict, step: int, grad_norm: float, lr: float, step_time: f
 
 
 class RunLog:
-    def __init__(self, run_dir: Path, enabled: bool, options: LogConfig | None = None,
-                 config: dict | None = None):  # fmt: skip
+    def __init__(
+        self, run_dir: Path, enabled: bool, options: LogConfig | None = None, config: dict | None = None
+    ):
         """``options``: the config's ``log`` section; ``config``: the resolved config, stored with a W&B run."""
         self.enabled = enabled
         self.run_dir = Path(run_dir)
@@ -226,8 +227,18 @@ def _wandb_run(run_dir: Path, options: LogConfig, config: dict | None):
     id_file = run_dir / WANDB_ID_FILE
     run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
     id_file.write_text(run_id + "\n")
-    run = wandb.init(project=options.wandb_project, name=options.wandb_run_name or str(run_dir),
-                     id=run_id, resume="allow", dir=str(run_dir), config=config)  # fmt: skip
-    log.info("Weights & Biases run %s (project %s, mode %s)", run_id, options.wandb_project,
-             os.environ.get("WANDB_MODE", "online"))  # fmt: skip
+    run = wandb.init(
+        project=options.wandb_project,
+        name=options.wandb_run_name or str(run_dir),
+        id=run_id,
+        resume="allow",
+        dir=str(run_dir),
+        config=config,
+    )
+    log.info(
+        "Weights & Biases run %s (project %s, mode %s)",
+        run_id,
+        options.wandb_project,
+        os.environ.get("WANDB_MODE", "online"),
+    )
     return run

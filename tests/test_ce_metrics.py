@@ -27,9 +27,7 @@ Y_TRUE = np.array(
         [0, 0, 0],
     ]
 )  # report 2: fp a           (no positive in the reference)
-Y_PRED = np.array([[1, 0, 0],
-                   [0, 1, 1],
-                   [1, 0, 0]])  # fmt: skip
+Y_PRED = np.array([[1, 0, 0], [0, 1, 1], [1, 0, 0]])
 
 
 def test_micro_pools_every_decision_hand_computed():

@@ -56,9 +56,17 @@ def test_field_figures_match_sklearn_under_both_conventions():
 def score_folder(out, dataset, method, seed, n=12):
     ref, pred = random_codes(n, seed), random_codes(n, seed + 100)
     rows = {f"ref{i}": ref[i] for i in range(n)} | {f"pred{i}": pred[i] for i in range(n)}
-    return score_reports([f"s{i}" for i in range(n)], [f"ref{i}" for i in range(n)],
-                         [f"pred{i}" for i in range(n)], labeler=TableLabeler(rows), out_dir=out, nlg=False,
-                         plots=False, method=method, dataset=dataset)  # fmt: skip
+    return score_reports(
+        [f"s{i}" for i in range(n)],
+        [f"ref{i}" for i in range(n)],
+        [f"pred{i}" for i in range(n)],
+        labeler=TableLabeler(rows),
+        out_dir=out,
+        nlg=False,
+        plots=False,
+        method=method,
+        dataset=dataset,
+    )
 
 
 def test_metrics_json_and_summary_name_labeler_and_convention_beside_each_figure(tmp_path):

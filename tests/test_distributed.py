@@ -37,9 +37,20 @@ def torchrun(*args, timeout=300):
 
 
 def overrides(tiny_model_dir, world, out):
-    return [f"model.path={tiny_model_dir}", f"data.annotation={world}", f"output_dir={out}", "device=cpu",
-            "model.lora.rank=4", "model.lora.alpha=8", "sampling.max_new_tokens=6", "batch.prompts_per_device=1",
-            "batch.grad_accum=2", "optim.lr=0.01", "optim.grad_clip=1.0", "save_every=100"]  # fmt: skip
+    return [
+        f"model.path={tiny_model_dir}",
+        f"data.annotation={world}",
+        f"output_dir={out}",
+        "device=cpu",
+        "model.lora.rank=4",
+        "model.lora.alpha=8",
+        "sampling.max_new_tokens=6",
+        "batch.prompts_per_device=1",
+        "batch.grad_accum=2",
+        "optim.lr=0.01",
+        "optim.grad_clip=1.0",
+        "save_every=100",
+    ]
 
 
 @pytest.mark.slow
@@ -47,8 +58,13 @@ def overrides(tiny_model_dir, world, out):
 def test_ddp_ranks_end_with_identical_trainable_parameters(tiny_model_dir, world, tmp_path, zero1):
     """Also with ZeRO-1 (optimizer state sharded across ranks, consolidated on rank 0 for the checkpoint)."""
     out = tmp_path / "result.json"
-    torchrun(ROOT / "tests" / "ddp_worker.py", out, *overrides(tiny_model_dir, world, tmp_path / "run"),
-             "max_steps=2", f"optim.zero1={str(zero1).lower()}")  # fmt: skip
+    torchrun(
+        ROOT / "tests" / "ddp_worker.py",
+        out,
+        *overrides(tiny_model_dir, world, tmp_path / "run"),
+        "max_steps=2",
+        f"optim.zero1={str(zero1).lower()}",
+    )
     result = json.loads(out.read_text())
     assert result["world_size"] == 2 and result["same_dataset"]
     assert result["moved"] > 0 and result["grad_signal"] > 0, "no gradient: the test would pass trivially"
@@ -72,9 +88,20 @@ def test_two_ranks_give_the_gradient_of_one_process_holding_the_whole_batch(tiny
     ]
     torchrun(worker, tmp_path / "two.pt", *args)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, str(worker), str(tmp_path / "one.pt"), *args,
-                             f"output_dir={tmp_path / 'run-one'}"],  # (a folder holding a run is not reused)
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    single = subprocess.run(
+        [
+            sys.executable,
+            str(worker),
+            str(tmp_path / "one.pt"),
+            *args,
+            f"output_dir={tmp_path / 'run-one'}",
+        ],  # (a folder holding a run is not reused)
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stderr[-4000:]
     two, one = torch.load(tmp_path / "two.pt"), torch.load(tmp_path / "one.pt")
     for aggregation in ("sequence", "token", "dr_grpo"):

@@ -24,9 +24,14 @@ def trained_run(tmp_path, tiny_model_dir):
     """A run folder: config.yaml and a final_adapter whose LoRA weights are far from zero (a real change)."""
     run = tmp_path / "run"
     run.mkdir()
-    overrides = [f"model.path={tiny_model_dir}", f"data.annotation={tmp_path / 'none.json'}",
-                 "sampling.temperature=0.7", "sampling.top_p=0.9", "sampling.max_new_tokens=12",
-                 "model.max_pixels=12544"]  # fmt: skip
+    overrides = [
+        f"model.path={tiny_model_dir}",
+        f"data.annotation={tmp_path / 'none.json'}",
+        "sampling.temperature=0.7",
+        "sampling.top_p=0.9",
+        "sampling.max_new_tokens=12",
+        "model.max_pixels=12544",
+    ]
     (run / "config.yaml").write_text(yaml.safe_dump(to_dict(load_config(None, overrides))))
     model, _ = load_model_and_processor(tiny_model_dir, device="cpu")
     model = add_policy_adapter(model, rank=4, alpha=8, dropout=0.0)
@@ -42,8 +47,13 @@ def trained_run(tmp_path, tiny_model_dir):
 def greedy_reports(model, processor, images) -> list[list[int]]:
     samples = [SimpleNamespace(id=str(i), image_paths=(None,)) for i in range(len(images))]
     batch = collate_prompts(processor, samples, images=[[image] for image in images])
-    out = model.generate(**batch, do_sample=False, max_new_tokens=12, suppress_tokens=vision_token_ids(processor),
-                         pad_token_id=processor.tokenizer.pad_token_id)  # fmt: skip
+    out = model.generate(
+        **batch,
+        do_sample=False,
+        max_new_tokens=12,
+        suppress_tokens=vision_token_ids(processor),
+        pad_token_id=processor.tokenizer.pad_token_id,
+    )
     return out[:, batch["input_ids"].shape[1] :].tolist()
 
 
@@ -70,8 +80,16 @@ def test_export_folder_layout_and_sampling_defaults(trained_run, tmp_path):
     out = tmp_path / "export"
     assert main(["--run", str(trained_run), "--out", str(out)]) == 0
     names = {p.name for p in out.iterdir()}
-    assert {"config.json", "model.safetensors", "generation_config.json", "chat_template.jinja",
-            "processor_config.json", "tokenizer.json", "tokenizer_config.json", PROVENANCE_FILE} <= names  # fmt: skip
+    assert {
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "chat_template.jinja",
+        "processor_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        PROVENANCE_FILE,
+    } <= names
     assert not names & {"adapter_config.json", "adapter_model.safetensors"}
     assert (out / "model.safetensors").stat().st_mode & 0o044 == (out / "config.json").stat().st_mode & 0o044
     generation = GenerationConfig.from_pretrained(out)

@@ -39,9 +39,20 @@ from model.optim import cosine_lr_factor
 from rewards.combine import RewardOutput
 
 STEPS = 4
-RUN = ("model.lora.rank=4", "model.lora.alpha=8", "model.lora.dropout=0.1", "sampling.max_new_tokens=6",
-       "batch.prompts_per_device=2", "optim.warmup_ratio=0.0", "optim.grad_clip=1.0", "optim.lr=0.02",
-       "grpo.beta=0.04", f"max_steps={STEPS}", "save_every=2", "keep_last=2")  # fmt: skip
+RUN = (
+    "model.lora.rank=4",
+    "model.lora.alpha=8",
+    "model.lora.dropout=0.1",
+    "sampling.max_new_tokens=6",
+    "batch.prompts_per_device=2",
+    "optim.warmup_ratio=0.0",
+    "optim.grad_clip=1.0",
+    "optim.lr=0.02",
+    "grpo.beta=0.04",
+    f"max_steps={STEPS}",
+    "save_every=2",
+    "keep_last=2",
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +63,14 @@ def world(tmp_path_factory):
 
 
 def overrides(tiny_model_dir, world, out, *extra):
-    return [f"model.path={tiny_model_dir}", f"data.annotation={world}", f"output_dir={out}", "device=cpu",
-            *RUN, *extra]  # fmt: skip
+    return [
+        f"model.path={tiny_model_dir}",
+        f"data.annotation={world}",
+        f"output_dir={out}",
+        "device=cpu",
+        *RUN,
+        *extra,
+    ]
 
 
 def make_cfg(tiny_model_dir, world, out, *extra):
@@ -325,8 +342,11 @@ def test_config_drift_on_resume_is_refused_with_the_changed_keys_then_allowed_an
 def test_allow_config_change_rejects_an_unknown_key(tiny_model_dir, world, tmp_path, two_checkpoints):
     out = copy_run(two_checkpoints, tmp_path / "run")
     with pytest.raises(ConfigError, match="unknown key 'optim.learning_rate'"):
-        Trainer(make_cfg(tiny_model_dir, world, out, "max_steps=6"), resume=True,
-                allow_config_change=("optim.learning_rate",))  # fmt: skip
+        Trainer(
+            make_cfg(tiny_model_dir, world, out, "max_steps=6"),
+            resume=True,
+            allow_config_change=("optim.learning_rate",),
+        )
 
 
 # ---------------------------------------------------------------------------------------- run folder
@@ -375,8 +395,11 @@ def test_an_unwritable_folder_fails_before_the_model_loads(
 def test_missing_chexbert_files_fail_before_the_model_loads(
     tiny_model_dir, world, tmp_path, capsys, no_model_load
 ):
-    extra = ("reward.labeler=chexbert", f"reward.chexbert_path={tmp_path}/chexbert.pth",
-             f"reward.chexbert_tokenizer={tmp_path}/bert")  # fmt: skip
+    extra = (
+        "reward.labeler=chexbert",
+        f"reward.chexbert_path={tmp_path}/chexbert.pth",
+        f"reward.chexbert_tokenizer={tmp_path}/bert",
+    )
     assert cli(tiny_model_dir, world, tmp_path / "run", extra=extra) == 2
     line = one_line_error(capsys)
     assert "chexbert.pth" in line or "bert" in line
@@ -453,16 +476,38 @@ def test_ddp_rank_sigterm_both_ranks_checkpoint_and_torchrun_restart_resumes_ide
     world = generate_world(tmp_path / "world", n=8, seed=1, image_size=56)
     # A restarted worker group must not read the previous group's addresses from torchrun's shared
     # rendezvous store (pytorch/pytorch#135712: "connectFullMesh ... Connection refused" on restart).
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
+    }
     root = Path(__file__).resolve().parent.parent
 
     def torchrun(script, first, out, restarts):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               f"--max-restarts={restarts}", str(root / "tests" / script), str(first),
-               f"model.path={tiny_model_dir}", f"data.annotation={world}", f"output_dir={out}", "device=cpu",
-               "model.lora.rank=4", "model.lora.alpha=8", "sampling.max_new_tokens=6", "batch.prompts_per_device=1",
-               "batch.grad_accum=2", "optim.lr=0.01", "optim.grad_clip=1.0", "save_every=100", "max_steps=3"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            f"--max-restarts={restarts}",
+            str(root / "tests" / script),
+            str(first),
+            f"model.path={tiny_model_dir}",
+            f"data.annotation={world}",
+            f"output_dir={out}",
+            "device=cpu",
+            "model.lora.rank=4",
+            "model.lora.alpha=8",
+            "sampling.max_new_tokens=6",
+            "batch.prompts_per_device=1",
+            "batch.grad_accum=2",
+            "optim.lr=0.01",
+            "optim.grad_clip=1.0",
+            "save_every=100",
+            "max_steps=3",
+        ]
         return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
 
     straight = torchrun("ddp_worker.py", tmp_path / "straight.json", tmp_path / "straight", 0)
@@ -496,8 +541,13 @@ def test_train_py_on_sigterm_prints_one_line_exits_143_and_resume_auto_finishes(
     out = tmp_path / "run"
     config = tmp_path / "empty.yaml"
     config.write_text("{}\n")
-    cmd = [sys.executable, "train.py", "--config", str(config),
-           *overrides(tiny_model_dir, world, out, "max_steps=40", "save_every=100")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "train.py",
+        "--config",
+        str(config),
+        *overrides(tiny_model_dir, world, out, "max_steps=40", "save_every=100"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -513,8 +563,9 @@ def test_train_py_on_sigterm_prints_one_line_exits_143_and_resume_auto_finishes(
     step = int(re.search(r"after step (\d+)", stopped[0]).group(1))
     assert step < 40 and checkpoint.latest_checkpoint(out).name == f"step-{step:06d}"
 
-    resumed = subprocess.run([*cmd, "--resume", "auto"], cwd=root, env=env, capture_output=True, text=True,
-                             timeout=600)  # fmt: skip
+    resumed = subprocess.run(
+        [*cmd, "--resume", "auto"], cwd=root, env=env, capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [r["step"] for r in metrics(out)] == list(range(1, 41))
 
@@ -600,8 +651,12 @@ def test_a_data_fingerprint_names_what_changed(tmp_path):
     world = {"synthetic_n": 12, "synthetic_seed": 3, "synthetic_image_size": 56}
     saved = fingerprint.fingerprint(annotation, [image, image], tmp_path / "images", world)
     assert saved["images"]["count"] == 1 and saved["annotation"]["size"] == 2
-    assert fingerprint.check(saved, fingerprint.fingerprint(annotation, [image], tmp_path / "images", world),
-                             allowed=False) == {}  # fmt: skip
+    assert (
+        fingerprint.check(
+            saved, fingerprint.fingerprint(annotation, [image], tmp_path / "images", world), allowed=False
+        )
+        == {}
+    )
     image.write_bytes(b"x" * 11)
     annotation.write_text('{"train": []}')
     now = fingerprint.fingerprint(annotation, [image], tmp_path / "images", {**world, "synthetic_seed": 4})
@@ -786,8 +841,11 @@ def test_non_finite_steps_are_not_applied_counted_and_stop_the_run_after_three_i
     loss = nan_loss_at({2, 3, 4})
     straight_nan, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     with pytest.raises(NonFiniteStop) as caught:
-        Trainer(make_cfg(tiny_model_dir, world, straight_nan, "max_steps=6", "save_every=1", "keep_last=9"),
-                reward_fn=e_share, loss_fn=loss).train()  # fmt: skip
+        Trainer(
+            make_cfg(tiny_model_dir, world, straight_nan, "max_steps=6", "save_every=1", "keep_last=9"),
+            reward_fn=e_share,
+            loss_fn=loss,
+        ).train()
     line = str(caught.value)
     assert line.startswith(
         "stopped after step 4: 3 steps in a row were not finite and not applied (first: step 2"
@@ -895,8 +953,12 @@ def test_resume_on_changed_data_is_refused_naming_it_then_allowed_and_recorded(
     assert "images (" in line and "--allow-config-change data" in line, line
     monkeypatch.undo()
 
-    trainer = Trainer(make_cfg(tiny_model_dir, annotation, out, *extra), resume=True, reward_fn=e_share,
-                      allow_config_change=("data",))  # fmt: skip
+    trainer = Trainer(
+        make_cfg(tiny_model_dir, annotation, out, *extra),
+        resume=True,
+        reward_fn=e_share,
+        allow_config_change=("data",),
+    )
     trainer.train()
     trainer.close()
     history = [json.loads(line) for line in (out / "config_history.jsonl").read_text().splitlines()]
@@ -973,8 +1035,10 @@ def test_ddp_a_reward_raising_on_one_rank_stops_both_and_resume_matches(
     assert lines and all(
         line.startswith(f"rank {line[5]}: error: stopped in step 2: reward term ") for line in lines
     )
-    assert any(line.startswith("rank 1: error: stopped in step 2: reward term 'reward' raised KeyError: 'study")
-               for line in lines) or any("(on another rank, see its log)" in line for line in lines), lines  # fmt: skip
+    assert any(
+        line.startswith("rank 1: error: stopped in step 2: reward term 'reward' raised KeyError: 'study")
+        for line in lines
+    ) or any("(on another rank, see its log)" in line for line in lines), lines
     assert checkpoint.latest_checkpoint(out).name == "step-000001"
     resumed = ddp_fault(tiny_model_dir, world, out, "none", 0)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -42,8 +42,14 @@ def tiny_bert_dir(tmp_path_factory):
     (folder / "vocab.txt").write_text("\n".join(WORDS) + "\n")
     BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)  # model_max_length left unset
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+    config = BertConfig(
+        vocab_size=len(WORDS),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     BertModel(config).save_pretrained(folder)
     return folder
 
@@ -53,8 +59,10 @@ def write_predictions(path, rows):
     return path
 
 
-ROWS = [("s1", "the heart is normal .", "the heart is normal ."),
-        ("s2", "mild cardiomegaly .", "no pleural effusion .")]  # fmt: skip
+ROWS = [
+    ("s1", "the heart is normal .", "the heart is normal ."),
+    ("s2", "mild cardiomegaly .", "no pleural effusion ."),
+]
 
 
 def test_bertscore_from_a_local_model(tiny_bert_dir):
@@ -79,8 +87,9 @@ def test_evaluate_adds_bertscore_only_when_asked(tmp_path, tiny_bert_dir):
     assert "| BERTScore F1 (P / R) |" in (tmp_path / "bs" / "summary.md").read_text()
 
 
-def test_missing_package_or_path_is_one_line_naming_the_extra_or_option(tmp_path, tiny_bert_dir, monkeypatch,
-                                                                       capsys):  # fmt: skip
+def test_missing_package_or_path_is_one_line_naming_the_extra_or_option(
+    tmp_path, tiny_bert_dir, monkeypatch, capsys
+):
     preds = write_predictions(tmp_path / "preds.csv", ROWS)
     argv = ["--predictions", preds, "--out", tmp_path / "x", "--bertscore", tmp_path / "nowhere"]
     assert evaluate.main([str(a) for a in argv]) == 2
@@ -100,8 +109,10 @@ def radgraph_folder(folder, bert_name):
     (folder / "vocabulary").mkdir(parents=True)
     (folder / "weights.th").write_bytes(b"")
     bert = {"model_name": bert_name, "max_length": 512}
-    config = {"model": {"embedder": {"token_embedders": {"bert": bert}}},
-              "dataset_reader": {"token_indexers": {"bert": dict(bert)}}}  # fmt: skip
+    config = {
+        "model": {"embedder": {"token_embedders": {"bert": bert}}},
+        "dataset_reader": {"token_indexers": {"bert": dict(bert)}},
+    }
     (folder / "config.json").write_text(json.dumps(config))
     return folder
 
@@ -114,12 +125,18 @@ def fake_radgraph(monkeypatch):
     class F1RadGraph:
         def __init__(self, reward_level, model_type, model_cache_dir, **kwargs):
             staged = json.loads(Path(model_cache_dir, model_type, "config.json").read_text())
-            seen.update(reward_level=reward_level, model_type=model_type, kwargs=kwargs,
-                        bert=staged["model"]["embedder"]["token_embedders"]["bert"]["model_name"])  # fmt: skip
+            seen.update(
+                reward_level=reward_level,
+                model_type=model_type,
+                kwargs=kwargs,
+                bert=staged["model"]["embedder"]["token_embedders"]["bert"]["model_name"],
+            )
 
         def __call__(self, refs, hyps):
-            overlap = [len(set(r.split()) & set(h.split())) / len(set(r.split()) | set(h.split()))
-                       for r, h in zip(refs, hyps)]  # fmt: skip
+            overlap = [
+                len(set(r.split()) & set(h.split())) / len(set(r.split()) | set(h.split()))
+                for r, h in zip(refs, hyps)
+            ]
             mean = sum(overlap) / len(overlap)
             return (mean, mean / 2, mean / 4), None, None, None
 
@@ -136,8 +153,12 @@ def test_radgraph_runs_from_local_folders_only(tmp_path, fake_radgraph, tiny_ber
     ):
         RadGraphF1(folder)
     result = RadGraphF1(folder, bert_dir=tiny_bert_dir).score(["a b", "c d"], ["a b", "c e"])
-    assert result == {"f1_simple": pytest.approx(2 / 3), "f1_partial": pytest.approx(1 / 3),
-                      "f1_complete": pytest.approx(1 / 6), "model": "radgraph"}  # fmt: skip
+    assert result == {
+        "f1_simple": pytest.approx(2 / 3),
+        "f1_partial": pytest.approx(1 / 3),
+        "f1_complete": pytest.approx(1 / 6),
+        "model": "radgraph",
+    }
     assert fake_radgraph["reward_level"] == "all" and fake_radgraph["bert"] == str(tiny_bert_dir)
     with pytest.raises(MetricUnavailable, match="missing weights.th"):
         (folder / "weights.th").unlink()

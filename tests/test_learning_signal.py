@@ -33,9 +33,14 @@ def greedy_reports(trainer, samples) -> list[str]:
     batch = collate_prompts(processor, samples, trainer.cfg.data.prompt)
     model.eval()
     with torch.no_grad():
-        out = model.generate(**batch, do_sample=False, max_new_tokens=trainer.cfg.sampling.max_new_tokens,
-                             eos_token_id=list(trainer.sampling_params.stop_ids), pad_token_id=processor.tokenizer.pad_token_id,
-                             suppress_tokens=list(trainer.sampling_params.suppress_ids))  # fmt: skip
+        out = model.generate(
+            **batch,
+            do_sample=False,
+            max_new_tokens=trainer.cfg.sampling.max_new_tokens,
+            eos_token_id=list(trainer.sampling_params.stop_ids),
+            pad_token_id=processor.tokenizer.pad_token_id,
+            suppress_tokens=list(trainer.sampling_params.suppress_ids),
+        )
     model.train()
     texts = processor.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     return [extract_report(t) for t in texts]
@@ -63,8 +68,9 @@ def test_short_grpo_run_on_the_pretrained_base_raises_greedy_label_agreement(tmp
     assert (BASE / "config.json").is_file(), (
         f"{BASE} is missing: rebuild it with python -m demo.base --out {BASE}"
     )
-    world = generate_world(tmp_path / "world", n=8, seed=11, image_size=BaseRecipe().image_size,
-                           split_fractions=(1.0, 0.0, 0.0))  # fmt: skip
+    world = generate_world(
+        tmp_path / "world", n=8, seed=11, image_size=BaseRecipe().image_size, split_fractions=(1.0, 0.0, 0.0)
+    )
     cfg = load_config(DEMO, [
         f"output_dir={tmp_path / 'run'}", f"data.annotation={world}", "data.synthetic_n=0", "model.build_base=false",
         f"model.path={BASE}", "sft.steps=0", "max_steps=24", "batch.prompts_per_device=4", "sampling.group_size=8",
@@ -90,8 +96,17 @@ def test_build_base_model_writes_a_checkpoint_that_loads_and_records_its_recipe(
     from model.loading import load_model_and_processor
     from model.tiny import TinySizes
 
-    recipe = replace(BaseRecipe(), world_studies=12, image_size=56, sizes=TinySizes(), vocab_size=400,
-                     vision_steps=2, steps=2, batch_size=4, warmup_steps=1)  # fmt: skip
+    recipe = replace(
+        BaseRecipe(),
+        world_studies=12,
+        image_size=56,
+        sizes=TinySizes(),
+        vocab_size=400,
+        vision_steps=2,
+        steps=2,
+        batch_size=4,
+        warmup_steps=1,
+    )
     out = build_base_model(tmp_path / "base", recipe)
     recorded = json.loads((out / "base_recipe.json").read_text())
     assert recorded["steps"] == 2 and recorded["world_studies"] == 12 and recorded["image_size"] == 56

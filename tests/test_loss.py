@@ -370,8 +370,10 @@ def test_micro_batch_shares_with_the_step_counts_add_up_to_the_whole_batch_loss_
     torch.testing.assert_close(total, whole.detach())
     torch.testing.assert_close(parts_leaf.grad, whole_leaf.grad)
     if aggregation == "token":  # and the old per-micro-batch token mean would not have
-        per_batch = [one_batch_loss(logp[r], old[r], ref[r], adv[r], mask[r], beta=0.1, aggregation="token")[0]
-                     for r in ([0], [1, 2, 3])]  # fmt: skip
+        per_batch = [
+            one_batch_loss(logp[r], old[r], ref[r], adv[r], mask[r], beta=0.1, aggregation="token")[0]
+            for r in ([0], [1, 2, 3])
+        ]
         assert not torch.allclose(sum(per_batch) / 2, whole.detach())
 
 

@@ -127,10 +127,13 @@ def test_sampling_probabilities_match_hf_step_by_step(policy, prompts, tiny_proc
         ids = torch.cat([prompt_ids, out.tokens[:, :t]], dim=1)
         hf_probs = processors(ids, full[:, t].clone()).softmax(-1)
         ours = process_logits(
-            engine_logits[:, t], temperature=params.temperature, top_p=params.top_p,
-            suppress_ids=torch.tensor(params.suppress_ids), stop_ids=torch.tensor(params.stop_ids),
+            engine_logits[:, t],
+            temperature=params.temperature,
+            top_p=params.top_p,
+            suppress_ids=torch.tensor(params.suppress_ids),
+            stop_ids=torch.tensor(params.stop_ids),
             block_stop=t < params.min_new_tokens,
-        ).softmax(-1)  # fmt: skip
+        ).softmax(-1)
         assert (hf_probs - ours).abs().max() < PROB_TOL
         assert torch.equal(hf_probs > 0, ours > 0)  # the same support: same top-p cut, same suppressed ids
 
@@ -226,7 +229,7 @@ def leaky_checkpoint(tiny_model_dir, tmp_path):
 
 def test_a_checkpoint_generation_config_does_not_change_what_is_sampled(
     tiny_model_dir, leaky_checkpoint, prompts, tiny_processor
-):  # fmt: skip
+):
     clean, _ = load_model_and_processor(tiny_model_dir, device="cpu")
     leaky, _ = load_model_and_processor(leaky_checkpoint, device="cpu")
     assert leaky.generation_config.repetition_penalty == 2.0 and leaky.generation_config.top_k == 1
@@ -236,8 +239,15 @@ def test_a_checkpoint_generation_config_does_not_change_what_is_sampled(
             run(engine, clean, prompts, params).tokens, run(engine, leaky, prompts, params).tokens
         )
     # the check can fail: a plain generate() call does pick the leaked settings up
-    sampling = dict(do_sample=True, temperature=1.0, top_p=1.0, max_new_tokens=12, num_return_sequences=3,
-                    eos_token_id=list(params.stop_ids), pad_token_id=params.pad_id)  # fmt: skip
+    sampling = dict(
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
+        max_new_tokens=12,
+        num_return_sequences=3,
+        eos_token_id=list(params.stop_ids),
+        pad_token_id=params.pad_id,
+    )
     outputs = []
     for model in (clean, leaky):
         torch.manual_seed(0)
@@ -250,7 +260,7 @@ def test_a_checkpoint_generation_config_does_not_change_what_is_sampled(
 @pytest.mark.parametrize("engine", ["hf", "static"])
 def test_evaluation_generation_ignores_the_checkpoint_generation_config(
     tiny_model_dir, leaky_checkpoint, tmp_path, engine
-):  # fmt: skip
+):
     import yaml
 
     from data.synthetic import generate_world
@@ -262,8 +272,16 @@ def test_evaluation_generation_ignores_the_checkpoint_generation_config(
     for name, checkpoint in (("clean", tiny_model_dir), ("leaky", leaky_checkpoint)):
         run_dir = tmp_path / name
         run_dir.mkdir()
-        cfg = load_config(None, [f"model.path={checkpoint}", f"data.annotation={annotation}",
-                                 f"output_dir={run_dir}", "device=cpu", "sampling.max_new_tokens=8"])  # fmt: skip
+        cfg = load_config(
+            None,
+            [
+                f"model.path={checkpoint}",
+                f"data.annotation={annotation}",
+                f"output_dir={run_dir}",
+                "device=cpu",
+                "sampling.max_new_tokens=8",
+            ],
+        )
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
         torch.manual_seed(0)
         decoding = Decoding(do_sample=True, engine=engine, batch_size=4)
@@ -284,8 +302,9 @@ def test_the_fast_sampling_path_draws_what_the_exact_path_draws(temperature):
         do_sample=True, temperature=temperature, suppress_ids=suppress, stop_ids=stops, block_stop=True
     )
     fast = choose_tokens(logits, top_p=1.0, generator=torch.Generator().manual_seed(7), **options)
-    exact_scores = process_logits(logits, temperature=temperature, top_p=1.0, suppress_ids=suppress,
-                                  stop_ids=stops, block_stop=True)  # fmt: skip
+    exact_scores = process_logits(
+        logits, temperature=temperature, top_p=1.0, suppress_ids=suppress, stop_ids=stops, block_stop=True
+    )
     exact = inverse_cdf_sample(exact_scores, torch.Generator().manual_seed(7))
     assert torch.equal(fast[0], exact)
     reference_logp = torch.log_softmax(logits / temperature, dim=-1).gather(1, exact[:, None]).squeeze(1)

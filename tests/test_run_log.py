@@ -46,8 +46,9 @@ def fake_wandb(monkeypatch):
 
 
 def test_wandb_logs_the_metrics_jsonl_keys_at_their_steps(tmp_path, fake_wandb):
-    run_log = RunLog(tmp_path, enabled=True, options=LogConfig(tensorboard="off", wandb=True),
-                     config={"seed": 0})  # fmt: skip
+    run_log = RunLog(
+        tmp_path, enabled=True, options=LogConfig(tensorboard="off", wandb=True), config={"seed": 0}
+    )
     for row in ROWS:
         run_log.metrics(row)
     run_log.close()

@@ -30,8 +30,19 @@ def test_help_names_every_section_key_and_where_it_is_documented(capsys):
 
 def test_print_config_prints_the_resolved_yaml_and_exits(capsys, tmp_path):
     overrides = ["sampling.group_size=8", "log.wandb=true", f"output_dir={tmp_path / 'never'}"]
-    assert train.main(["--config", "configs/paper_iu_xray.yaml", "--print-config", "model.path=/m",
-                       "data.annotation=/a.json", *overrides]) == 0  # fmt: skip
+    assert (
+        train.main(
+            [
+                "--config",
+                "configs/paper_iu_xray.yaml",
+                "--print-config",
+                "model.path=/m",
+                "data.annotation=/a.json",
+                *overrides,
+            ]
+        )
+        == 0
+    )
     printed = yaml.safe_load(capsys.readouterr().out)
     expected = load_config(
         "configs/paper_iu_xray.yaml", ["model.path=/m", "data.annotation=/a.json", *overrides]

@@ -98,8 +98,22 @@ def test_a_run_folder_holds_config_metrics_samples_checkpoints_and_final_adapter
     trainer.close()
     assert (tmp_path / "config.yaml").is_file()
     rows = read_metrics(tmp_path)
-    required = {"step", "reward", "reward/mccs", "reward/format", "loss/kl", "loss/clip_frac", "loss", "adv_std",
-                "frac_zero_std_groups", "completion_len", "format_ok", "lr", "step_time_s", "tokens_per_s"}  # fmt: skip
+    required = {
+        "step",
+        "reward",
+        "reward/mccs",
+        "reward/format",
+        "loss/kl",
+        "loss/clip_frac",
+        "loss",
+        "adv_std",
+        "frac_zero_std_groups",
+        "completion_len",
+        "format_ok",
+        "lr",
+        "step_time_s",
+        "tokens_per_s",
+    }
     assert required <= rows[-1].keys()
     assert len((tmp_path / "samples.jsonl").read_text().splitlines()) > 0
     checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
@@ -112,8 +126,18 @@ def test_ascii_only_keeps_every_sampled_completion_ascii(tiny_model_dir, world, 
     fail: the run without the option must show one), the run with it never does."""
 
     def sampled_texts(out, *overrides):
-        trainer = Trainer(make_cfg(tiny_model_dir, world, out, "max_steps=2", "sample_every=1",
-                                   "sampling.max_new_tokens=16", *overrides), reward_fn=letter_e_reward)  # fmt: skip
+        trainer = Trainer(
+            make_cfg(
+                tiny_model_dir,
+                world,
+                out,
+                "max_steps=2",
+                "sample_every=1",
+                "sampling.max_new_tokens=16",
+                *overrides,
+            ),
+            reward_fn=letter_e_reward,
+        )
         trainer.train()
         trainer.close()
         return [json.loads(line)["completion"] for line in (out / "samples.jsonl").read_text().splitlines()]
@@ -149,8 +173,15 @@ def test_mask_truncated_drops_completions_cut_by_max_new_tokens_from_the_loss(
 ):
     """Two new tokens and EOS suppressed until then: every completion is truncated, so with
     sampling.mask_truncated the loss has no token left and the policy gets no gradient."""
-    cfg = make_cfg(tiny_model_dir, world, tmp_path, "max_steps=1", "sampling.max_new_tokens=2",
-                   "sampling.min_new_tokens=2", "sampling.mask_truncated=true")  # fmt: skip
+    cfg = make_cfg(
+        tiny_model_dir,
+        world,
+        tmp_path,
+        "max_steps=1",
+        "sampling.max_new_tokens=2",
+        "sampling.min_new_tokens=2",
+        "sampling.mask_truncated=true",
+    )
     trainer = Trainer(cfg, reward_fn=letter_e_reward)
     trainer.train()
     trainer.close()
@@ -163,8 +194,15 @@ def test_mask_truncated_drops_completions_cut_by_max_new_tokens_from_the_loss(
 def test_static_engine_log_probs_match_the_loss_and_the_gap_is_logged(tiny_model_dir, world, tmp_path, mu):
     """rollout/logprob_gap: mean |engine log-prob - the loss's recomputed log-prob| per completion token,
     from the update pass (mu = 1) or the old-policy pass (mu > 1); fp32, tolerance 5e-4."""
-    cfg = make_cfg(tiny_model_dir, world, tmp_path, "max_steps=2", "save_every=2", f"grpo.num_iterations={mu}",
-                   "sampling.engine=static")  # fmt: skip
+    cfg = make_cfg(
+        tiny_model_dir,
+        world,
+        tmp_path,
+        "max_steps=2",
+        "save_every=2",
+        f"grpo.num_iterations={mu}",
+        "sampling.engine=static",
+    )
     trainer = Trainer(cfg, reward_fn=letter_e_reward)
     trainer.train()
     trainer.close()
@@ -190,8 +228,17 @@ def test_grpo_passes_run_without_lora_dropout_and_with_gradient_checkpointing(
     activations in the backward pass (checkpointing runs only in training mode)."""
     from model.loading import unwrap_model
 
-    cfg = make_cfg(tiny_model_dir, world, tmp_path, "max_steps=4", "save_every=2", "grpo.num_iterations=2",
-                   "model.lora.dropout=0.05", "model.gradient_checkpointing=true", "grpo.beta=0.04")  # fmt: skip
+    cfg = make_cfg(
+        tiny_model_dir,
+        world,
+        tmp_path,
+        "max_steps=4",
+        "save_every=2",
+        "grpo.num_iterations=2",
+        "model.lora.dropout=0.05",
+        "model.gradient_checkpointing=true",
+        "grpo.beta=0.04",
+    )
     trainer = Trainer(cfg, reward_fn=letter_e_reward)
     assert not trainer.prompt_once  # checkpointing turns the KV cache off: the passes run full rows
     # a pre-hook inside the checkpointed forward: the recomputation may stop early, after the last saved tensor
@@ -219,8 +266,15 @@ def test_grpo_passes_run_without_lora_dropout_and_with_gradient_checkpointing(
 
 def test_sft_keeps_the_configured_lora_dropout_and_grpo_turns_it_off(tiny_model_dir, world, tmp_path):
     def lora_dropout_ps(trainer):
-        return sorted({d.p for m in trainer.model.modules() if hasattr(m, "lora_dropout")
-                       for d in m.lora_dropout.values() if isinstance(d, torch.nn.Dropout)})  # fmt: skip
+        return sorted(
+            {
+                d.p
+                for m in trainer.model.modules()
+                if hasattr(m, "lora_dropout")
+                for d in m.lora_dropout.values()
+                if isinstance(d, torch.nn.Dropout)
+            }
+        )
 
     sft = SFTTrainer(make_cfg(tiny_model_dir, world, tmp_path / "sft", "mode=sft", "model.lora.dropout=0.05"))
     grpo = Trainer(make_cfg(tiny_model_dir, world, tmp_path / "grpo", "model.lora.dropout=0.05"))

@@ -68,8 +68,15 @@ def test_completion_logprobs_are_the_models_own_with_images_left_padding_and_gro
     with torch.no_grad():
         logits = trainer.model(**full).logits
         for temperature in (1.0, 0.7):
-            got = trainer.completion_logprobs(trainer.model, ro.inputs, ro.images, ro.prompt_len,
-                                              ro.completion_ids, ro.completion_mask, temperature)  # fmt: skip
+            got = trainer.completion_logprobs(
+                trainer.model,
+                ro.inputs,
+                ro.images,
+                ro.prompt_len,
+                ro.completion_ids,
+                ro.completion_mask,
+                temperature,
+            )
             expected = token_logprobs(logits, ro.completion_ids, ro.prompt_len, temperature)
             mask = ro.completion_mask
             torch.testing.assert_close(got[mask].double(), expected[mask], rtol=1e-4, atol=1e-5)
@@ -138,8 +145,9 @@ def test_logged_kl_is_positive_and_equals_k3_to_the_reference_computed_independe
                 policy = token_logprobs(
                     trainer.model(**ro.inputs, **images).logits, ro.completion_ids, ro.prompt_len
                 )
-                ref = token_logprobs(base(**ro.inputs, **ro.images.model_kwargs()).logits, ro.completion_ids,
-                                     ro.prompt_len)  # fmt: skip
+                ref = token_logprobs(
+                    base(**ro.inputs, **ro.images.model_kwargs()).logits, ro.completion_ids, ro.prompt_len
+                )
                 k3 = torch.exp(ref - policy) - (ref - policy) - 1
                 per_batch.append(k3[ro.loss_mask].mean().item())
         expected.append(float(np.mean(per_batch)))

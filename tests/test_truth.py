@@ -124,8 +124,9 @@ def test_predictions_mode_scores_against_the_truth_one_report_per_study(
 ):
     preds = write_predictions(tmp_path / "preds.csv", per_image_rows(EXACT))
     out = tmp_path / "eval"
-    code = evaluate.main(["--predictions", str(preds), "--out", str(out), "--truth", str(annotation),
-                          "--no-nlg", "--no-plots"])  # fmt: skip
+    code = evaluate.main(
+        ["--predictions", str(preds), "--out", str(out), "--truth", str(annotation), "--no-nlg", "--no-plots"]
+    )
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_reports"] == 4  # one per study: the empty second views were not scored
@@ -150,8 +151,16 @@ def test_predictions_mode_scores_against_the_truth_one_report_per_study(
 
 def test_rescoring_without_truth_removes_a_stale_truth_file(tmp_path):
     ids, refs = ["a", "b"], ["Edema: pos", "Edema: neg"]
-    score_reports(ids, refs, refs, labeler=KeyLabeler(), out_dir=tmp_path, nlg=False, plots=False,
-                  truth_codes=np.array([codes(Edema=POSITIVE), codes(Edema=NEGATIVE)]))  # fmt: skip
+    score_reports(
+        ids,
+        refs,
+        refs,
+        labeler=KeyLabeler(),
+        out_dir=tmp_path,
+        nlg=False,
+        plots=False,
+        truth_codes=np.array([codes(Edema=POSITIVE), codes(Edema=NEGATIVE)]),
+    )
     assert (tmp_path / TRUTH_FILE).exists()
     score_reports(ids, refs, refs, labeler=KeyLabeler(), out_dir=tmp_path, nlg=False, plots=False)
     assert not (tmp_path / TRUTH_FILE).exists()
@@ -194,8 +203,16 @@ def test_compare_folders_uses_the_references_when_a_folder_lacks_the_truth(tmp_p
 def test_compare_of_folders_with_different_studies_is_a_clear_error(tmp_path, capsys):
     base = score_folder(tmp_path, "base", dict.fromkeys(TRUTH, ""))
     other = tmp_path / "other"
-    score_reports(["s1", "s2"], ["Edema: pos", ""], ["", ""], labeler=KeyLabeler(), out_dir=other, nlg=False,
-                  plots=False, truth_codes=np.array([TRUTH["s1"], TRUTH["s2"]]))  # fmt: skip
+    score_reports(
+        ["s1", "s2"],
+        ["Edema: pos", ""],
+        ["", ""],
+        labeler=KeyLabeler(),
+        out_dir=other,
+        nlg=False,
+        plots=False,
+        truth_codes=np.array([TRUTH["s1"], TRUTH["s2"]]),
+    )
     assert evaluate.main(["--compare", str(base), str(other)]) == 2
     assert "different studies" in capsys.readouterr().err
 
