@@ -48,7 +48,7 @@ class Generation:
     logprobs: torch.Tensor | None
 
 
-def make_engine(name: str, compile_decode: bool = False, merge_lora: bool = True):
+def make_engine(name: str, compile_decode: bool = False, merge_lora: bool | str = "auto"):
     """The engine called ``name`` (one of ENGINES); the options apply to ``static``."""
     if name == "hf":
         from model.engine.hf import HFEngine
