@@ -377,7 +377,7 @@ class MemoryPlan:
         lines += [f"  {LABELS[name]:<44}{value / GB:>9.2f}" for name, value in self.terms.items()]
         lines.append(f"  {'phases (overhead excluded):':<44}")
         for name, value in self.phases.items():
-            mark = "  <- peak" if name == self.peak_phase else ""
+            mark = "  <- peak" if name.split(" ")[0] == self.peak_phase else ""
             lines.append(f"    {name:<42}{value / GB:>9.2f}{mark}")
         lines.append(f"  predicted peak: {self.total / GB:.2f} GB ({self.peak_phase} phase, "
                      f"{self.allocated_peak / GB:.2f} GB + {self.overhead / GB:.2f} GB overhead)")  # fmt: skip
@@ -489,3 +489,65 @@ def plan_for_config(cfg, device: str = "cuda", world_size: int = 1, **kwargs) ->
     """The shape (from ``model.path``'s config.json) and the resolved settings of a TrainConfig."""
     shape = model_shape(load_model_config(cfg.model.path), cfg.model.lora.target_regex)
     return shape, settings_from_config(cfg, shape, device, world_size=world_size, **kwargs)
+
+
+# ------------------------------------------------------------------------------------ train.py's use
+
+
+def merge_choice(shape: ModelShape, p: PlanSettings, budget: int | None) -> bool:
+    """What merge_lora=auto will do on a card of ``budget`` bytes: merge when the plan with the merged copy
+    (plus the engine's margin on it) fits; without a budget, merge (the engine decides at run time)."""
+    merged = replace(p, merge_lora=True)
+    if budget is None:
+        return True
+    extra = (MERGE_MARGIN - 1) * merged_copy_bytes(shape, merged)
+    return plan_memory(shape, merged).total + extra <= budget
+
+
+def plan_text(cfg, gpu_memory: int | None = None, world_size: int = 1, device: str = "cuda") -> tuple[bool, str]:
+    """``train.py --plan``: the table for the config as it would run on ``device`` (per rank), and with a
+    card size whether it fits and which setting would make it fit. Returns (fits, text)."""
+    shape, p = plan_for_config(cfg, device, world_size=world_size)
+    lines = [f"model {cfg.model.path}: {shape.total_params / 1e9:.2f} B parameters (vision "
+             f"{shape.vision_params / 1e9:.2f} B), {len(shape.lora_targets)} LoRA targets, "
+             f"{lora_params(shape, p.lora_rank) / 1e6:.1f} M LoRA parameters; {world_size} rank(s)"]  # fmt: skip
+    auto = cfg.sampling.merge_lora == "auto"
+    if auto:
+        p = replace(p, merge_lora=merge_choice(shape, p, gpu_memory))
+    plan = plan_memory(shape, p)
+    lines.append(plan.table())
+    if auto:
+        other = plan_memory(shape, replace(p, merge_lora=not p.merge_lora))
+        why = f"on {gpu_memory / GB:.0f} GB" if gpu_memory else "where free memory allows (decided at run time)"
+        lines.append(f"sampling.merge_lora=auto: {'merges' if p.merge_lora else 'keeps the adapter terms'} {why}; "
+                     f"with merge_lora={'false' if p.merge_lora else 'true'} the peak would be "
+                     f"{other.total / GB:.2f} GB ({other.peak_phase})")  # fmt: skip
+    if device == "cuda" and cfg.optim.eight_bit == "auto" and not p.eight_bit:
+        with_8bit = plan_memory(shape, replace(p, eight_bit=True))
+        lines.append(f"optim.eight_bit=auto: bitsandbytes does not import here, so fp32 AdamW state is planned; "
+                     f"where it imports the peak is {with_8bit.total / GB:.2f} GB")  # fmt: skip
+    fits = True
+    if gpu_memory is not None:
+        fits, line = fit_report(shape, p, gpu_memory)
+        lines.append(line)
+    return fits, "\n".join(lines)
+
+
+def check_cuda_plan(cfg, world_size: int, device) -> None:
+    """Before the weights load on CUDA: raise MemoryPlanError (one line naming the setting) when the plan
+    exceeds the card's free memory (``torch.cuda.mem_get_info``). The demo's built models are skipped."""
+    import torch
+
+    from grpo.config import ConfigError
+
+    if cfg.model.build_tiny or cfg.model.build_base or not (Path(cfg.model.path) / "config.json").is_file():
+        return
+    free, _total = torch.cuda.mem_get_info(device)
+    budget = int(free + CUDA_CONTEXT)  # the context already exists and is not in `free`
+    shape, p = plan_for_config(cfg, "cuda", world_size=world_size)
+    if cfg.sampling.merge_lora == "auto":
+        p = replace(p, merge_lora=merge_choice(shape, p, budget))
+    fits, line = fit_report(shape, p, budget)
+    if not fits:
+        raise ConfigError(f"memory plan ({torch.cuda.get_device_name(device)}, {free / GB:.1f} GB free): {line} "
+                          "(python train.py --plan shows the table; --skip-memory-check runs anyway)")  # fmt: skip
