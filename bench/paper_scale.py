@@ -131,8 +131,9 @@ def overrides_for(args, annotation: Path, tiny: Path, out_dir: Path) -> list[str
                      "model.lora.alpha=16", "model.min_pixels=3136", f"model.max_pixels={112 * 112}"]  # fmt: skip
 
 
-def build_model(args, tiny: Path, cfg):
-    """(model, processor) with random weights at the chosen size, on CPU, at the config's dtype."""
+def build_model(args, tiny: Path, cfg, attn_implementation: str = "sdpa"):
+    """(model, processor) with random weights at the chosen size, at the config's dtype, on the current
+    default device (CPU; bench/gpu_paper.py builds under ``torch.device("cuda")``)."""
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -165,7 +166,9 @@ def build_model(args, tiny: Path, cfg):
         config.vision_config.fullatt_block_indexes = fullatt
     dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[cfg.model.dtype]
     torch.manual_seed(0)
-    model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
+    model = Qwen2_5_VLForConditionalGeneration._from_config(
+        config, dtype=dtype, attn_implementation=attn_implementation
+    )
     model.generation_config.eos_token_id = [processor.tokenizer.convert_tokens_to_ids("<|im_end|>")]
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     if cfg.model.gradient_checkpointing:

@@ -47,7 +47,7 @@ CUDA_CONTEXT = 0.6 * GB  # CUDA context + cuBLAS workspace (outside torch.cuda.m
 ALLOCATOR_SLACK = 0.05  # the caching allocator's fragmentation, a share of the allocated peak
 # A CPU process's resident memory before any model (Python, torch, transformers, peft, tokenizers, PIL),
 # measured on the 2-core test machine (tests/test_memory_plan.py compares whole-process predictions).
-CPU_BASELINE = 0.52 * GB
+CPU_BASELINE = 0.46 * GB
 MERGE_MARGIN = 1.1  # merge_lora=auto merges when 1.1 x the merged copy fits in the free memory
 
 

@@ -222,3 +222,17 @@ def test_cpu_plan_predicts_the_process_peak_of_the_tiny_model(tmp_path):
 def test_cpu_plan_predicts_the_process_peak_of_the_small_model(tmp_path):
     figures = _process_peak("small", tmp_path)
     assert abs(figures["planned_peak_gb"] / figures["peak_rss_gb"] - 1) <= 0.2, figures
+
+
+def test_the_gpu_run_parses_and_writes_its_configs_on_cpu(capsys):
+    """bench/gpu_paper.py cannot run here (no GPU): its argument parsing, configs and plans can."""
+    import gpu_paper
+
+    args = gpu_paper.parse_args(["--variants", "static-merge", "resume", "--steps", "2"])
+    merge = gpu_paper.overrides(args, "static-merge", Path("/a.json"), Path("/m"))
+    resume = gpu_paper.overrides(args, "resume", Path("/a.json"), Path("/m"))
+    assert "sampling.merge_lora=true" in merge and "max_steps=2" in merge and "save_every=2" in merge
+    assert "max_steps=3" in resume and "sampling.merge_lora=auto" in resume
+    assert gpu_paper.main(["--dry-run", "--variants", "static-merge", "static-adapter"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("GB per GPU") == 2
