@@ -50,6 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--workdir", default="/tmp/mrg-gpu-paper")
     parser.add_argument("--out", default="/tmp/gpu-paper", help="JSON figures per variant go here")
     parser.add_argument("--dry-run", action="store_true", help="print the configs and the plan; run nothing")
+    parser.add_argument("--device", default="cuda", help="cpu: a smoke run of the whole driver (with --size small)")
+    parser.add_argument("--size", choices=("paper", "small"), default="paper",
+                        help="small: bench/random_qwen.py's small model, fp32, LoRA r8 (CPU smoke run)")  # fmt: skip
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.new_tokens < 1:
@@ -61,25 +64,32 @@ def overrides(args, variant: str, annotation: Path, tiny: Path) -> list[str]:
     """The paper config's overrides for one variant (the run folder is shared: resume continues static-merge)."""
     run = Path(args.workdir) / "run"
     base = [
-        f"model.path={tiny}", f"data.annotation={annotation}", f"output_dir={run}", "device=cuda",
-        "model.dtype=bfloat16", f"sampling.max_new_tokens={args.new_tokens}", f"sampling.min_new_tokens={args.new_tokens}",
+        f"model.path={tiny}", f"data.annotation={annotation}", f"output_dir={run}", f"device={args.device}",
+        f"sampling.max_new_tokens={args.new_tokens}", f"sampling.min_new_tokens={args.new_tokens}",
         "sample_every=100000", "log.tensorboard='off'",
     ]  # fmt: skip
+    if args.size == "paper":
+        base += ["model.dtype=bfloat16"]
+    else:
+        base += ["model.dtype=float32", "model.gradient_checkpointing=false", "model.lora.rank=8",
+                 "model.lora.alpha=16", "model.min_pixels=3136", f"model.max_pixels={112 * 112}"]  # fmt: skip
     if variant == "resume":
         return base + [f"max_steps={args.steps + 1}", f"save_every={args.steps + 1}", "sampling.engine=static",
                        "sampling.merge_lora=auto"]  # fmt: skip
     return base + [f"max_steps={args.steps}", f"save_every={args.steps}", *VARIANTS[variant]]
 
 
-def planned(cfg, new_tokens: int, image_pixels: int, layers: int, vision_blocks: int):
-    """The memory plan of this run on CUDA (full-depth published config; bitsandbytes as it imports here)."""
+def planned(cfg, new_tokens: int, image_pixels: int, layers: int, vision_blocks: int, shape=None, device="cuda"):
+    """The memory plan of this run (default: the full-depth published config on CUDA; bitsandbytes as it
+    imports here)."""
     from transformers import Qwen2_5_VLConfig
 
     from grpo.memory_plan import merge_choice, model_shape, plan_memory, settings_from_config
     from paper_scale import published_config
 
-    shape = model_shape(Qwen2_5_VLConfig.from_dict(published_config(layers, vision_blocks)))
-    p = settings_from_config(cfg, shape, "cuda", image_pixels=image_pixels)
+    if shape is None:
+        shape = model_shape(Qwen2_5_VLConfig.from_dict(published_config(layers, vision_blocks)))
+    p = settings_from_config(cfg, shape, device, image_pixels=image_pixels)
     if cfg.sampling.merge_lora == "auto":
         p = replace(p, merge_lora=merge_choice(shape, p, None))
     return plan_memory(shape, replace(p, new_tokens=new_tokens))
@@ -97,19 +107,28 @@ def worker(args) -> None:
     variant = args.worker
     annotation, tiny = prepare(Path(args.workdir), args.image_size)
     cfg = load_config(PAPER_CONFIG, overrides(args, variant, annotation, tiny))
-    attn = "flash_attention_2" if flash_attn_available() else "sdpa"
-    shim = argparse.Namespace(size="paper", layers=args.layers, vision_blocks=args.vision_blocks)
+    cuda = args.device == "cuda"
+    attn = "flash_attention_2" if cuda and flash_attn_available() else "sdpa"
+    shim = argparse.Namespace(size=args.size, layers=args.layers, vision_blocks=args.vision_blocks)
     t = time.perf_counter()
-    with torch.device("cuda"):
+    with torch.device(args.device):
         model, processor = build_model(shim, tiny, cfg, attn_implementation=attn)
     build_s = time.perf_counter() - t
-    torch.cuda.reset_peak_memory_stats()
-    trainer = Trainer(cfg, policy=(model, processor), resume=variant == "resume", overwrite=variant != "resume")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    resume = variant == "resume"  # one more step (max_steps) with merge_lora=auto: changes the run's config
+    trainer = Trainer(cfg, policy=(model, processor), resume=resume, overwrite=not resume,
+                      allow_config_change=("max_steps", "sampling") if resume else ())  # fmt: skip
     trainer.train()
     engine_merged = getattr(trainer.engine, "merged", None)
     eight_bit = type(trainer.optimizer).__name__
     trainer.close()
-    peak = torch.cuda.max_memory_allocated()
+    if cuda:
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     rows = [json.loads(line) for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
     rows = rows[-(1 if variant == "resume" else args.steps) :]
     last = rows[-1]
@@ -119,15 +138,18 @@ def worker(args) -> None:
     # A and B when they are not merged, plus the KV cache (read once per token at its full length)
     from grpo.memory_plan import kv_cache_bytes, lora_params
 
-    plan = planned(cfg, args.new_tokens, args.image_size**2, args.layers, args.vision_blocks)
+    plan = planned(cfg, args.new_tokens, args.image_size**2, args.layers, args.vision_blocks,
+                   shape=None if args.size == "paper" else shape_of(model), device=args.device)
     s = plan.settings
-    text_bytes = 2 * (sum(p.numel() for p in model.model.language_model.parameters()) + model.lm_head.weight.numel())
+    base_text = sum(t.numel() for n, t in model.model.language_model.named_parameters() if "lora_" not in n)
+    text_bytes = 2 * (base_text + model.lm_head.weight.numel())
     text_bytes += 0 if engine_merged in (True, None) else 4 * lora_params(shape_of(model), s.lora_rank)
     read = text_bytes + kv_cache_bytes(shape_of(model), s) // 2
-    bandwidth = next((v for k, v in BANDWIDTH_TBS.items() if k in torch.cuda.get_device_name()), None)
+    name = torch.cuda.get_device_name() if cuda else "cpu"
+    bandwidth = next((v for k, v in BANDWIDTH_TBS.items() if k in name), None)
     limit_ms = read / (bandwidth * 1e12) * 1e3 if bandwidth else None
     figures = {
-        "variant": variant, "device": torch.cuda.get_device_name(), "attn": attn, "optimizer": eight_bit,
+        "variant": variant, "device": name, "attn": attn, "optimizer": eight_bit,
         "engine": cfg.sampling.engine, "merged": engine_merged, "steps": [r["step"] for r in rows],
         "step_s": [round(r["step_time_s"], 2) for r in rows], "generate_s": round(last["time/generate"], 2),
         "ms_per_token": round(ms_per_token, 2), "rows": cfg.batch.prompts_per_device * cfg.sampling.group_size,
