@@ -134,6 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved config as YAML and exit"
     )
+    parser.add_argument(
+        "--plan", action="store_true",
+        help="print the per-GPU memory plan (from model.path's config.json, no weights) and exit",
+    )  # fmt: skip
+    parser.add_argument("--gpu-memory", metavar="SIZE", help="with --plan: the card's memory (e.g. 40GB): "
+                        "does the plan fit, and which setting would make it")  # fmt: skip
+    parser.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)),
+                        help="with --plan: ranks the run will use (ZeRO-1 shards the optimizer state)")  # fmt: skip
+    parser.add_argument("--skip-memory-check", action="store_true",
+                        help="on CUDA, load the model even when the memory plan says it will not fit")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="key=value overrides, dotted keys for nested values")
     args = parser.parse_args(_bare_resume_flag(sys.argv[1:] if argv is None else argv))
     # `--allow-config-change optim.lr optim.lr=1e-5`: a key has no "=", an override always has one
@@ -144,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.allow_config_change and not args.resume:
         parser.error("--allow-config-change needs --resume")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.plan:  # the plan needs no data: a placeholder annotation (an override given by the user wins)
+        args.overrides = ["data.annotation=(not read by --plan)", *args.overrides]
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as err:
@@ -152,9 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
+    if args.plan:
+        return plan(cfg, args.gpu_memory, args.world_size)
     resume = {None: False, "yes": True, "auto": "auto"}[args.resume]
     try:
-        return train(cfg, resume, args.allow_config_change, args.overwrite)
+        return train(cfg, resume, args.allow_config_change, args.overwrite, args.skip_memory_check)
     except Preempted as stop:
         print(stop, file=sys.stderr)
         distributed.teardown()  # every rank stopped after the same step: leave the group together, so that
@@ -172,8 +186,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def train(cfg: TrainConfig, resume: bool | str = False, allow_changes=(), overwrite: bool = False) -> int:
+def plan(cfg: TrainConfig, gpu_memory: str | None, world_size: int) -> int:
+    """``--plan``: print the memory plan (grpo/memory_plan.py); exit 0 when it fits (or no size given), 1 if not."""
+    from grpo.memory_plan import parse_size, plan_text
+
+    try:
+        fits, text = plan_text(cfg, parse_size(gpu_memory) if gpu_memory else None, world_size)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(text)
+    return 0 if fits else 1
+
+
+def train(cfg: TrainConfig, resume: bool | str = False, allow_changes=(), overwrite: bool = False,
+          skip_memory_check: bool = False) -> int:  # fmt: skip
     info = distributed.setup(cfg.device, timeout_s=cfg.dist_timeout_s)
+    if info.device.type == "cuda" and not skip_memory_check:
+        from grpo.memory_plan import check_cuda_plan
+
+        check_cuda_plan(cfg, info.world_size, info.device)  # one line naming the setting, before any weights
     if not info.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     prepare_assets(cfg, info.is_main)

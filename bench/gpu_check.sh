@@ -1,29 +1,25 @@
 #!/usr/bin/env bash
-# The GPU checks of the trainer, in one go (about 6 minutes on one H100/H200):
-#   1. GRPO steps of a Qwen2.5-VL-7B-sized model with random weights, bf16, LoRA r128, gradient checkpointing:
-#      G = 4, 4 studies per step, 128 new tokens, once per rollout engine (hf, static) -> per phase seconds,
-#      ms per new token and its share of the memory-bandwidth limit, step time and peak GPU memory;
-#   2. the demo recipe on CUDA in bf16 (shortened): SFT warm start then GRPO.
+# The prepared GPU run (one call, at most 8 minutes on one H100/H200; nothing is downloaded):
+#   GRPO steps of configs/paper_iu_xray.yaml at full 7B depth (random weights, the published Qwen2.5-VL-7B
+#   widths), bf16, LoRA r128, gradient checkpointing, G = 4, 128 forced new tokens, for each rollout variant:
+#   static engine with merge_lora=true and =false (torch.compile decode), hf engine; then a resume of one more
+#   step from the saved checkpoint. flash-attn 2 and bitsandbytes AdamW8bit are used when they import.
+#   Per variant: step seconds, ms per new token at the step's rows against the bandwidth limit, peak GPU
+#   memory (torch.cuda.max_memory_allocated) against the memory plan (grpo/memory_plan.py).
 # Usage: bash bench/gpu_check.sh OUTDIR
 set -uo pipefail
 out=${1:-/tmp/gpu-check}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+start=$(date +%s)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
-for engine in hf static; do
-  echo "== 7B-sized GRPO step, sampling.engine=$engine"
-  timeout 240 python3 bench/grpo_step.py --size 7b --device cuda --dtype bfloat16 --steps 2 --group-size 4 \
-    --batch 4 --new-tokens 128 --lora-rank 128 --gradient-checkpointing --engine "$engine" \
-    --workdir /tmp/bench7b --json "$out/step_7b_$engine.json" 2>&1 | grep -vE "Warning|warn|Loading weights" | tail -12
-done
-echo "== demo on CUDA, bf16 (SFT 60 steps, GRPO 10 steps)"
-timeout 150 python3 train.py device=cuda model.dtype=bfloat16 data.synthetic_n=300 sft.steps=60 max_steps=10 \
-  output_dir=/tmp/demo-gpu 2>&1 | grep -vE "Warning|warn|Loading weights|it/s" | tail -6
-cp /tmp/demo-gpu/metrics.jsonl "$out/demo_gpu_metrics.jsonl" 2>/dev/null
-python3 - <<'PY'
-import json
-rows = [json.loads(l) for l in open("/tmp/demo-gpu/metrics.jsonl")]
-for r in rows:
-    print(r["step"], "reward %.3f" % r["reward"], "kl %.4f" % r.get("kl", 0), "step %.2fs" % r["step_time_s"])
-PY
+python3 -c "import flash_attn; print('flash_attn', flash_attn.__version__)" 2>/dev/null || echo "flash_attn: not importable (sdpa)"
+python3 -c "import bitsandbytes; print('bitsandbytes', bitsandbytes.__version__)" 2>/dev/null || echo "bitsandbytes: not importable (fp32 AdamW)"
+echo "== the memory plan of the paper config at full depth (per GPU, 1 rank)"
+python3 bench/paper_scale.py --write-config "$out/huatuo7b-config" >/dev/null
+python3 train.py --config configs/paper_iu_xray.yaml --plan --gpu-memory "$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)MiB" \
+  model.path="$out/huatuo7b-config" 2>&1 | grep -E "predicted peak|fits|merge_lora=auto|eight_bit"
+echo "== GRPO steps at full depth, per rollout variant (each in a fresh process)"
+timeout 440 python3 bench/gpu_paper.py --out "$out" --steps 2 --new-tokens 128 --timeout 105 2>&1 | grep -vE "Warning|warn"
+echo "gpu_check: $(( $(date +%s) - start )) s"

@@ -133,8 +133,9 @@ class SamplingConfig:
     engine: str = "static"
     compile_decode: bool = False  # static engine on CUDA: torch.compile its decode step (ignored on CPU)
     # static engine: decode on a copy of the weights with LoRA merged (fewest matmuls; the copy of the adapted
-    # projections lives during the rollout only) or keep the adapter's terms (no copy, 2 extra matmuls each)
-    merge_lora: bool = True
+    # projections lives during the rollout only) or keep the adapter's terms (no copy, 2 extra matmuls each);
+    # auto: merge when the copy fits in the free memory with a 10% margin (grpo/memory_plan.py), logged
+    merge_lora: bool | str = "auto"
 
     def params(self, model, processor, **decoding) -> SamplingParams:
         """What the engine samples with for ``model``: this section's fields, ``decoding`` overriding any of
@@ -461,6 +462,10 @@ def validate(cfg: TrainConfig) -> None:
     )
     _require(s.temperature > 0, f"sampling.temperature: must be > 0, got {s.temperature}")
     _require(0 < s.top_p <= 1, f"sampling.top_p: must be in (0, 1], got {s.top_p}")
+    _require(
+        isinstance(s.merge_lora, bool) or s.merge_lora == "auto",
+        f"sampling.merge_lora: expected true, false or auto, got {s.merge_lora!r}",
+    )
     _require(s.max_new_tokens >= 1, f"sampling.max_new_tokens: must be >= 1, got {s.max_new_tokens}")
     _require(
         0 <= s.min_new_tokens <= s.max_new_tokens,

@@ -23,7 +23,7 @@ __all__ = ["ENGINES", "Generation", "SamplingParams", "make_engine"]
 ENGINES = ("hf", "static")
 
 
-def make_engine(name: str, compile_decode: bool = False, merge_lora: bool = True):
+def make_engine(name: str, compile_decode: bool = False, merge_lora: bool | str = "auto"):
     """The engine called ``name`` (one of ENGINES); the options apply to ``static``."""
     # imported here, not at the top: the engines pull in transformers, and grpo.config reads ENGINES
     if name == "hf":

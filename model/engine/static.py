@@ -9,7 +9,10 @@ Per call (one micro-batch of B prompts, G samples each, N = B*G rows):
    (P = padded prompt length); the G samples never recompute the prompt.
 3. Decode: ``decode_step`` runs the text decoder for one token per row with plain tensor ops on
    ``DecoderWeights``, a separate set of weights where each LoRA-wrapped projection is ``W + scale * B @ A``
-   (computed in float32, rounded once; the trainer's weights are untouched). Text tokens after the prompt sit
+   (computed in float32, rounded once; the trainer's weights are untouched), or, with
+   ``sampling.merge_lora=false``, the trainer's own weights plus the adapter's terms ``scale (x A) B`` computed
+   as peft does (no copy). ``auto`` (the default) merges when the copy fits in the free memory with a 10%
+   margin (``StaticEngine.choose_merge``; the choice is logged). Text tokens after the prompt sit
    at the same position on all three RoPE axes: the next position is the prompt's last position + 1 per row
    (with left padding and images this is not the slot index).
 4. Sample with ``model.engine.next_token`` (same processing as HF generate, inverse-CDF draw); rows stop at
@@ -24,6 +27,7 @@ cache are new tensors on every call, which graphs would copy into their static b
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 import torch.nn.functional as F
@@ -48,8 +52,8 @@ class Linear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight, self.bias)
-        for a, b, scale in self.lora:
-            y = y + F.linear(F.linear(x, a), b) * scale
+        for a, b, scale in self.lora:  # as peft computes it: the input cast to the adapter's dtype (float32)
+            y = (y + F.linear(F.linear(x.to(a.dtype), a), b) * scale).to(y.dtype)
         return y
 
 
@@ -153,13 +157,39 @@ def decode_step(
     return F.linear(w.norm(x)[:, 0], w.lm_head)
 
 
+MERGE_MARGIN = 1.1  # merge_lora=auto merges when 1.1 x the merged copy fits in the free memory
+
+
+def resolve_merge(merged_bytes: int, free_bytes: int) -> bool:
+    """merge_lora=auto: merge when the merged copy fits in the free memory with a margin."""
+    return merged_bytes * MERGE_MARGIN <= free_bytes
+
+
 class StaticEngine:
     name = "static"
 
-    def __init__(self, merge_lora: bool = True, compile_decode: bool = False):
-        self.merge_lora = merge_lora
+    def __init__(self, merge_lora: bool | str = "auto", compile_decode: bool = False):
+        self.merge_lora = merge_lora  # True, False or "auto" (merge when the copy fits: choose_merge)
         self.compile_decode = compile_decode
         self._compiled = None
+        self._logged_merge = None
+        self.merged = None  # the choice of the last call
+
+    def choose_merge(self, model, device: torch.device) -> bool:
+        """``merge_lora`` resolved for this call and logged when it changes: "auto" merges when the merged
+        copy (the term of grpo/memory_plan.py) fits in the free memory with a margin, else decodes with the
+        adapter's terms ``x W + scale (x A) B``."""
+        merge = self.merge_lora
+        if merge == "auto":
+            need = merged_copy_bytes(model)
+            merge = resolve_merge(need, free_memory_bytes(device))
+        if merge != self._logged_merge:
+            log.info("static engine: %s (sampling.merge_lora=%s)",
+                     "decoding on a merged copy of the adapted projections" if merge
+                     else "decoding with the adapter's terms, no copy of the weights", self.merge_lora)  # fmt: skip
+            self._logged_merge = merge
+        self.merged = merge
+        return merge
 
     def _step_function(self, device: torch.device):
         if not (self.compile_decode and device.type == "cuda"):
@@ -190,7 +220,7 @@ class StaticEngine:
         positions = next_positions.repeat_interleave(G, dim=1)  # (3, N)
         logits = logits.repeat_interleave(G, dim=0)
 
-        weights = DecoderWeights(model, merge_lora=self.merge_lora)
+        weights = DecoderWeights(model, merge_lora=self.choose_merge(model, device))
         step = self._step_function(device)
         as_ids = {"dtype": torch.long, "device": device}
         stop_ids = torch.tensor(params.stop_ids, **as_ids)
@@ -220,6 +250,38 @@ class StaticEngine:
             valid[:, prompt_len + t] = True
             logits = step(weights, key_cache, value_cache, valid, chosen, positions + t, slot)
         return Generation(tokens=tokens[:, :steps], logprobs=logprobs[:, :steps])
+
+
+def merged_copy_bytes(model) -> int:
+    """Bytes of the merged copy DecoderWeights would make: every projection with an active adapter, at its
+    dtype, plus the float32 scratch of merging the largest one (base, delta, sum)."""
+    text = unwrap_model(model).model.language_model
+    sizes = [
+        (module.base_layer.weight.numel(), module.base_layer.weight.element_size())
+        for layer in text.layers
+        for module in (*(getattr(layer.self_attn, n) for n in ATTENTION_PROJECTIONS),
+                       *(getattr(layer.mlp, n) for n in MLP_PROJECTIONS))
+        if getattr(module, "base_layer", None) is not None
+    ]  # fmt: skip
+    if not sizes:
+        return 0
+    return sum(n * size for n, size in sizes) + 3 * 4 * max(n for n, _ in sizes)
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Memory a new tensor can take now: on CUDA the driver's free memory plus what torch's allocator holds
+    unused; on CPU the system's available memory."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    try:  # Linux
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def prefill(model, prompts: dict, images=None):
