@@ -143,13 +143,7 @@ def start(
         changes = check_resume_config(saved, cfg, allow_changes)
         if changes:
             step = state["trainer_state"]["step"]
-            record = {
-                "step": step,
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "changes": {k: {"from": old, "to": new} for k, (old, new) in changes.items()},
-            }
-            with open(run_dir / HISTORY_FILE, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            record_history(run_dir, step, "changes", changes)
             log.warning(
                 "config changed from step %d on: %s",
                 step,
@@ -228,13 +222,7 @@ def check_data(
             raise RunFolderError(f"{path}: unreadable ({err})") from None
         changes = fingerprint.check(saved, current, allowed="data" in allow_changes)
         if changes:
-            record = {
-                "step": resumed_step,
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "data_changes": {k: {"from": old, "to": new} for k, (old, new) in changes.items()},
-            }
-            with open(run_dir / HISTORY_FILE, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            record_history(run_dir, resumed_step, "data_changes", changes)
             log.warning(
                 "data changed from step %d on (--allow-config-change data): %s",
                 resumed_step,
@@ -261,3 +249,14 @@ def check_data_on_all_ranks(
     error = distributed.broadcast_object(error)
     if error is not None:
         raise error
+
+
+def record_history(run_dir: Path, step: int, key: str, changes: dict) -> None:
+    """Append what a resume accepted (``key``: "changes" of the config, "data_changes") to the run's history."""
+    record = {
+        "step": step,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        key: {k: {"from": old, "to": new} for k, (old, new) in changes.items()},
+    }
+    with open(run_dir / HISTORY_FILE, "a") as f:
+        f.write(json.dumps(record) + "\n")
