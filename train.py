@@ -57,8 +57,12 @@ def prepare_assets(cfg: TrainConfig, is_main: bool) -> None:
 
         log.info("generating the synthetic world (%d studies) in %s", cfg.data.synthetic_n, annotation.parent)
         with atomic_dir(annotation.parent) as tmp:
-            generate_world(tmp, n=cfg.data.synthetic_n, seed=cfg.data.synthetic_seed,
-                           image_size=cfg.data.synthetic_image_size)  # fmt: skip
+            generate_world(
+                tmp,
+                n=cfg.data.synthetic_n,
+                seed=cfg.data.synthetic_seed,
+                image_size=cfg.data.synthetic_image_size,
+            )
     if is_main and cfg.model.build_tiny and not (model_dir / "config.json").exists():
         from data.synthetic import world_texts
         from model.tiny import build_tiny_model
@@ -73,17 +77,30 @@ def prepare_assets(cfg: TrainConfig, is_main: bool) -> None:
 
         recipe = BaseRecipe()
         if recipe.image_size != cfg.data.synthetic_image_size:
-            raise ValueError(f"data.synthetic_image_size is {cfg.data.synthetic_image_size} but the base "
-                             f"model is pretrained on {recipe.image_size}-pixel images")  # fmt: skip
-        log.info("building the pretrained synthetic base in %s (%d steps; see demo/base.py)", model_dir,
-                 recipe.steps)  # fmt: skip
+            raise ValueError(
+                f"data.synthetic_image_size is {cfg.data.synthetic_image_size} but the base "
+                f"model is pretrained on {recipe.image_size}-pixel images"
+            )
+        log.info(
+            "building the pretrained synthetic base in %s (%d steps; see demo/base.py)",
+            model_dir,
+            recipe.steps,
+        )
         build_base_model(model_dir, recipe)  # written to a temporary folder, then renamed
     distributed.barrier()
 
 
 # Errors about what the user gave (paths, data, config, run folder, checkpoints): one line, exit code 2.
-USER_ERRORS = (ConfigError, FileNotFoundError, AnnotationError, ImageLoadError, CheckpointError, RunFolderError,
-               CheXbertLoadError, DataDriftError)  # fmt: skip
+USER_ERRORS = (
+    ConfigError,
+    FileNotFoundError,
+    AnnotationError,
+    ImageLoadError,
+    CheckpointError,
+    RunFolderError,
+    CheXbertLoadError,
+    DataDriftError,
+)
 # Faults of the run itself (grpo/faults.py): one line, exit code 3; every rank stopped at the same point.
 RUN_FAULTS = (DiskFullError, NonFiniteStop, RewardFailed)
 
@@ -138,12 +155,22 @@ def main(argv: list[str] | None = None) -> int:
         "--plan", action="store_true",
         help="print the per-GPU memory plan (from model.path's config.json, no weights) and exit",
     )  # fmt: skip
-    parser.add_argument("--gpu-memory", metavar="SIZE", help="with --plan: the card's memory (e.g. 40GB): "
-                        "does the plan fit, and which setting would make it")  # fmt: skip
-    parser.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)),
-                        help="with --plan: ranks the run will use (ZeRO-1 shards the optimizer state)")  # fmt: skip
-    parser.add_argument("--skip-memory-check", action="store_true",
-                        help="on CUDA, load the model even when the memory plan says it will not fit")  # fmt: skip
+    parser.add_argument(
+        "--gpu-memory",
+        metavar="SIZE",
+        help="with --plan: the card's memory (e.g. 40GB): does the plan fit, and which setting would make it",
+    )
+    parser.add_argument(
+        "--world-size",
+        type=int,
+        default=int(os.environ.get("WORLD_SIZE", 1)),
+        help="with --plan: ranks the run will use (ZeRO-1 shards the optimizer state)",
+    )
+    parser.add_argument(
+        "--skip-memory-check",
+        action="store_true",
+        help="on CUDA, load the model even when the memory plan says it will not fit",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides, dotted keys for nested values")
     args = parser.parse_args(_bare_resume_flag(sys.argv[1:] if argv is None else argv))
     # `--allow-config-change optim.lr optim.lr=1e-5`: a key has no "=", an override always has one
@@ -199,8 +226,13 @@ def plan(cfg: TrainConfig, gpu_memory: str | None, world_size: int) -> int:
     return 0 if fits else 1
 
 
-def train(cfg: TrainConfig, resume: bool | str = False, allow_changes=(), overwrite: bool = False,
-          skip_memory_check: bool = False) -> int:  # fmt: skip
+def train(
+    cfg: TrainConfig,
+    resume: bool | str = False,
+    allow_changes=(),
+    overwrite: bool = False,
+    skip_memory_check: bool = False,
+) -> int:
     info = distributed.setup(cfg.device, timeout_s=cfg.dist_timeout_s)
     if info.device.type == "cuda" and not skip_memory_check:
         from grpo.memory_plan import check_cuda_plan
@@ -213,8 +245,13 @@ def train(cfg: TrainConfig, resume: bool | str = False, allow_changes=(), overwr
     # SFT warm start (the demo): train an adapter first, then GRPO starts from it (and keeps it as reference).
     if cfg.mode == "grpo" and cfg.sft.steps > 0 and cfg.model.init_adapter is None:
         sft_optim = dataclasses.replace(cfg.optim, lr=cfg.sft.lr or cfg.optim.lr)
-        sft_cfg = dataclasses.replace(cfg, mode="sft", max_steps=cfg.sft.steps, optim=sft_optim,
-                                      output_dir=str(Path(cfg.output_dir) / "sft"))  # fmt: skip
+        sft_cfg = dataclasses.replace(
+            cfg,
+            mode="sft",
+            max_steps=cfg.sft.steps,
+            optim=sft_optim,
+            output_dir=str(Path(cfg.output_dir) / "sft"),
+        )
         sft_adapter = Path(sft_cfg.output_dir) / "final_adapter"
         if overwrite or not sft_adapter.exists():  # resuming, the warm start may not have saved yet: auto
             run(sft_cfg, "auto" if resume else False, allow_changes, overwrite)

@@ -41,8 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--variants", nargs="+", default=[*VARIANTS, "resume"],
-                        choices=[*VARIANTS, "resume"])  # fmt: skip
+    parser.add_argument("--variants", nargs="+", default=[*VARIANTS, "resume"], choices=[*VARIANTS, "resume"])
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--new-tokens", type=int, default=128, help="forced completion length")
     parser.add_argument("--layers", type=int, default=28)
@@ -55,8 +54,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--device", default="cuda", help="cpu: a smoke run of the whole driver (with --size small)"
     )
-    parser.add_argument("--size", choices=("paper", "small"), default="paper",
-                        help="small: bench/random_qwen.py's small model, fp32, LoRA r8 (CPU smoke run)")  # fmt: skip
+    parser.add_argument(
+        "--size",
+        choices=("paper", "small"),
+        default="paper",
+        help="small: bench/random_qwen.py's small model, fp32, LoRA r8 (CPU smoke run)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.new_tokens < 1:
@@ -75,11 +78,21 @@ def overrides(args, variant: str, annotation: Path, tiny: Path) -> list[str]:
     if args.size == "paper":
         base += ["model.dtype=bfloat16"]
     else:
-        base += ["model.dtype=float32", "model.gradient_checkpointing=false", "model.lora.rank=8",
-                 "model.lora.alpha=16", "model.min_pixels=3136", f"model.max_pixels={112 * 112}"]  # fmt: skip
+        base += [
+            "model.dtype=float32",
+            "model.gradient_checkpointing=false",
+            "model.lora.rank=8",
+            "model.lora.alpha=16",
+            "model.min_pixels=3136",
+            f"model.max_pixels={112 * 112}",
+        ]
     if variant == "resume":
-        return base + [f"max_steps={args.steps + 1}", f"save_every={args.steps + 1}", "sampling.engine=static",
-                       "sampling.merge_lora=auto"]  # fmt: skip
+        return base + [
+            f"max_steps={args.steps + 1}",
+            f"save_every={args.steps + 1}",
+            "sampling.engine=static",
+            "sampling.merge_lora=auto",
+        ]
     return base + [f"max_steps={args.steps}", f"save_every={args.steps}", *VARIANTS[variant]]
 
 
@@ -123,8 +136,13 @@ def worker(args) -> None:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     resume = variant == "resume"  # one more step (max_steps) with merge_lora=auto: changes the run's config
-    trainer = Trainer(cfg, policy=(model, processor), resume=resume, overwrite=not resume,
-                      allow_config_change=("max_steps", "sampling") if resume else ())  # fmt: skip
+    trainer = Trainer(
+        cfg,
+        policy=(model, processor),
+        resume=resume,
+        overwrite=not resume,
+        allow_config_change=("max_steps", "sampling") if resume else (),
+    )
     trainer.train()
     engine_merged = getattr(trainer.engine, "merged", None)
     eight_bit = type(trainer.optimizer).__name__
@@ -196,8 +214,10 @@ def main(argv=None) -> int:
             cfg = load_config(PAPER_CONFIG, ov)
             plan = planned(cfg, args.new_tokens, args.image_size**2, args.layers, args.vision_blocks)
             print(f"{variant}: {' '.join(ov[3:])}")
-            print(f"  plan: {plan.total / GB:.2f} GB per GPU ({plan.peak_phase} peak), "
-                  f"{plan.allocated_peak / GB:.2f} GB allocated")  # fmt: skip
+            print(
+                f"  plan: {plan.total / GB:.2f} GB per GPU ({plan.peak_phase} peak), "
+                f"{plan.allocated_peak / GB:.2f} GB allocated"
+            )
         return 0
     env = dict(
         os.environ, TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error", PYTHONUNBUFFERED="1"
@@ -206,9 +226,19 @@ def main(argv=None) -> int:
     for variant in args.variants:
         t = time.perf_counter()
         try:
-            done = subprocess.run([sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]),
-                                   "--worker", variant], capture_output=True, text=True, timeout=args.timeout,
-                                  env=env)  # fmt: skip
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    *(argv if argv is not None else sys.argv[1:]),
+                    "--worker",
+                    variant,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=args.timeout,
+                env=env,
+            )
         except subprocess.TimeoutExpired:
             print(f"== {variant}: timed out after {args.timeout:.0f} s")
             failed += 1
@@ -223,11 +253,13 @@ def main(argv=None) -> int:
         (out / f"{variant}.json").write_text(json.dumps(f, indent=2))
         limit = f["bandwidth_limit_ms"]
         share = f" = {limit / f['ms_per_token']:.0%} of the limit" if limit else ""
-        print(f"== {variant} ({f['device']}, {f['attn']}, {f['optimizer']}, merged={f['merged']}): steps "
-              f"{f['steps']} in {f['step_s']} s; {f['ms_per_token']:.2f} ms per new token at {f['rows']} rows "
-              f"(bandwidth limit {limit} ms{share}); peak allocated {f['peak_allocated_gb']:.2f} GB vs plan "
-              f"{f['planned_allocated_gb']:.2f} GB ({f['planned_peak_phase']} peak; "
-              f"{f['planned_total_gb']:.2f} GB with overhead); wall {time.perf_counter() - t:.0f} s")  # fmt: skip
+        print(
+            f"== {variant} ({f['device']}, {f['attn']}, {f['optimizer']}, merged={f['merged']}): steps "
+            f"{f['steps']} in {f['step_s']} s; {f['ms_per_token']:.2f} ms per new token at {f['rows']} rows "
+            f"(bandwidth limit {limit} ms{share}); peak allocated {f['peak_allocated_gb']:.2f} GB vs plan "
+            f"{f['planned_allocated_gb']:.2f} GB ({f['planned_peak_phase']} peak; "
+            f"{f['planned_total_gb']:.2f} GB with overhead); wall {time.perf_counter() - t:.0f} s"
+        )
     return 1 if failed else 0
 
 

@@ -86,9 +86,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--size", choices=("paper", "small", "tiny"), default="paper",
-                        help="paper: the real widths (bf16, the paper config); small/tiny: the CPU-scale models "
-                        "(fp32, LoRA r8, no checkpointing) that tests/test_memory_plan.py checks the plan on")  # fmt: skip
+    parser.add_argument(
+        "--size",
+        choices=("paper", "small", "tiny"),
+        default="paper",
+        help="paper: the real widths (bf16, the paper config); small/tiny: the CPU-scale models "
+        "(fp32, LoRA r8, no checkpointing) that tests/test_memory_plan.py checks the plan on",
+    )
     parser.add_argument("--layers", type=int, default=2, help="decoder layers (paper size)")
     parser.add_argument("--vision-blocks", type=int, default=2, help="vision blocks (paper size)")
     parser.add_argument("--new-tokens", type=int, default=32)
@@ -132,8 +136,14 @@ def overrides_for(args, annotation: Path, tiny: Path, out_dir: Path) -> list[str
     ]  # fmt: skip
     if args.size == "paper":
         return common + ["model.dtype=bfloat16"]
-    return common + ["model.dtype=float32", "model.gradient_checkpointing=false", "model.lora.rank=8",
-                     "model.lora.alpha=16", "model.min_pixels=3136", f"model.max_pixels={112 * 112}"]  # fmt: skip
+    return common + [
+        "model.dtype=float32",
+        "model.gradient_checkpointing=false",
+        "model.lora.rank=8",
+        "model.lora.alpha=16",
+        "model.min_pixels=3136",
+        f"model.max_pixels={112 * 112}",
+    ]
 
 
 def build_model(args, tiny: Path, cfg, attn_implementation: str = "sdpa"):
@@ -279,33 +289,45 @@ def main(argv=None) -> int:
         figures[phase] = round(row.get(phase, float("nan")), 2)
     if not args.no_decode_compare:
         decode = decode_compare(trainer, trainer.samples[:1])
-        figures["decode_merged_s"], figures["decode_adapter_s"] = (round(decode["merged"], 3),
-                                                                  round(decode["adapter"], 3))  # fmt: skip
+        figures["decode_merged_s"], figures["decode_adapter_s"] = (
+            round(decode["merged"], 3),
+            round(decode["adapter"], 3),
+        )
     trainer.close()
     full = full_depth_plans(cfg) if args.size == "paper" else {}
     for merge, plan in full.items():
         figures[f"full_depth_per_gpu_gb_merge_{str(merge).lower()}"] = round(plan.total / GB, 2)
     figures["wall_s"] = round(time.perf_counter() - t_start, 1)
 
-    print(f"\n{args.size} model: {shape.total_params / 1e9:.3f} B parameters ({shape.layers} decoder layers, "
-          f"{shape.vision_depth} vision blocks), {cfg.model.dtype}, LoRA r{cfg.model.lora.rank} on "
-          f"{len(shape.lora_targets)} projections; views of {pixels:,} pixels; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")  # fmt: skip
-    print(f"model build {build_s:.1f} s, trainer setup {setup_s:.1f} s, one GRPO step {step_wall_s:.1f} s "
-          f"(engine static, merge_lora={cfg.sampling.merge_lora} -> "
-          f"{'merged copy' if trainer.engine.merged else 'adapter terms'})")  # fmt: skip
+    print(
+        f"\n{args.size} model: {shape.total_params / 1e9:.3f} B parameters ({shape.layers} decoder layers, "
+        f"{shape.vision_depth} vision blocks), {cfg.model.dtype}, LoRA r{cfg.model.lora.rank} on "
+        f"{len(shape.lora_targets)} projections; views of {pixels:,} pixels; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(
+        f"model build {build_s:.1f} s, trainer setup {setup_s:.1f} s, one GRPO step {step_wall_s:.1f} s "
+        f"(engine static, merge_lora={cfg.sampling.merge_lora} -> "
+        f"{'merged copy' if trainer.engine.merged else 'adapter terms'})"
+    )
     for phase in ("time/generate", "time/reward", "time/logprob_ref", "time/train", "time/optim"):
         print(f"  {phase[5:]:<14}{figures[phase]:>9.2f} s")
     if "decode_merged_s" in figures:
         m, a = figures["decode_merged_s"], figures["decode_adapter_s"]
-        print(f"rollout of 1 prompt x G={cfg.sampling.group_size} x {args.new_tokens} tokens: merged {m:.2f} s, "
-              f"adapter terms {a:.2f} s ({(a / m - 1):+.1%})")  # fmt: skip
+        print(
+            f"rollout of 1 prompt x G={cfg.sampling.group_size} x {args.new_tokens} tokens: merged {m:.2f} s, "
+            f"adapter terms {a:.2f} s ({(a / m - 1):+.1%})"
+        )
     print(cpu_plan.table())
-    print(f"measured peak RSS {peak_rss / GB:.2f} GB, planned {cpu_plan.total / GB:.2f} GB "
-          f"({cpu_plan.total / peak_rss - 1:+.1%})")  # fmt: skip
+    print(
+        f"measured peak RSS {peak_rss / GB:.2f} GB, planned {cpu_plan.total / GB:.2f} GB "
+        f"({cpu_plan.total / peak_rss - 1:+.1%})"
+    )
     for merge, plan in full.items():
-        print(f"full depth (28 layers, 32 vision blocks), paper config, per GPU, merge_lora={str(merge).lower()}: "
-              f"{plan.total / GB:.2f} GB ({plan.peak_phase} peak)")  # fmt: skip
+        print(
+            f"full depth (28 layers, 32 vision blocks), paper config, per GPU, merge_lora={str(merge).lower()}: "
+            f"{plan.total / GB:.2f} GB ({plan.peak_phase} peak)"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     print(json.dumps(figures))

@@ -73,8 +73,14 @@ class ModelConfig:
         trainable LoRA adapter as ``lora`` configures it, or ``init_adapter``'s weights; in train mode."""
         model, processor = policy if policy is not None else self.load_base(device, training=True)
         kwargs = {"target_regex": self.lora.target_regex} if self.lora.target_regex else {}
-        model = add_policy_adapter(model, rank=self.lora.rank, alpha=self.lora.alpha, dropout=self.lora.dropout,
-                                   init_from=self.init_adapter, **kwargs)  # fmt: skip
+        model = add_policy_adapter(
+            model,
+            rank=self.lora.rank,
+            alpha=self.lora.alpha,
+            dropout=self.lora.dropout,
+            init_from=self.init_adapter,
+            **kwargs,
+        )
         model.train()
         return model, processor
 
@@ -140,8 +146,14 @@ class SamplingConfig:
     def params(self, model, processor, **decoding) -> SamplingParams:
         """What the engine samples with for ``model``: this section's fields, ``decoding`` overriding any of
         them (evaluation decodes greedily, with its own budget), plus the model's stop and suppressed ids."""
-        fields = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                  "min_new_tokens": self.min_new_tokens, "num_samples": self.group_size, **decoding}  # fmt: skip
+        fields = {
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "min_new_tokens": self.min_new_tokens,
+            "num_samples": self.group_size,
+            **decoding,
+        }
         return sampling_params(model, processor, ascii_only=self.ascii_only, **fields)
 
     def engine_for(self, name: str | None = None):

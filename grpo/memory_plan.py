@@ -177,9 +177,16 @@ def text_prompt_tokens(system: str, instruction: str) -> int:
     return math.ceil((len(system) + len(instruction)) / CHARS_PER_TOKEN) + TEXT_TEMPLATE_TOKENS
 
 
-def settings_from_config(cfg, shape: ModelShape, device: str, world_size: int = 1, views_per_study: int = 2,
-                         image_pixels: int | None = None, eight_bit_available: bool | None = None,
-                         merge_lora: bool | None = None) -> PlanSettings:  # fmt: skip
+def settings_from_config(
+    cfg,
+    shape: ModelShape,
+    device: str,
+    world_size: int = 1,
+    views_per_study: int = 2,
+    image_pixels: int | None = None,
+    eight_bit_available: bool | None = None,
+    merge_lora: bool | None = None,
+) -> PlanSettings:
     """Resolve a TrainConfig's memory-relevant settings as the run would on ``device``.
 
     image_pixels: the pixels of one view (default ``model.max_pixels``, else Qwen's own bound of 1,003,520
@@ -299,8 +306,10 @@ def layer_saved_bytes_per_token(shape: ModelShape, p: PlanSettings) -> int:
     base = p.dtype_bytes * (7 * h + 3 * kv + 4 * i)
     norms = 0 if p.dtype_bytes == 4 else 2 * 8 * h
     per_layer = [t for t in shape.lora_targets][: len(shape.lora_targets) // max(shape.layers, 1)]
-    lora = sum(LORA_BYTES * p.lora_rank + (LORA_BYTES * inp if p.dtype_bytes != LORA_BYTES else 0)
-               for inp, _ in per_layer)  # fmt: skip
+    lora = sum(
+        LORA_BYTES * p.lora_rank + (LORA_BYTES * inp if p.dtype_bytes != LORA_BYTES else 0)
+        for inp, _ in per_layer
+    )
     return base + norms + lora
 
 
@@ -380,8 +389,10 @@ class MemoryPlan:
         for name, value in self.phases.items():
             mark = "  <- peak" if name.split(" ")[0] == self.peak_phase else ""
             lines.append(f"    {name:<42}{value / GB:>9.2f}{mark}")
-        lines.append(f"  predicted peak: {self.total / GB:.2f} GB ({self.peak_phase} phase, "
-                     f"{self.allocated_peak / GB:.2f} GB + {self.overhead / GB:.2f} GB overhead)")  # fmt: skip
+        lines.append(
+            f"  predicted peak: {self.total / GB:.2f} GB ({self.peak_phase} phase, "
+            f"{self.allocated_peak / GB:.2f} GB + {self.overhead / GB:.2f} GB overhead)"
+        )
         return "\n".join(lines)
 
 
@@ -408,21 +419,30 @@ LABELS = {
 def plan_memory(shape: ModelShape, p: PlanSettings) -> MemoryPlan:
     """Assemble every term and the three phases; the peak is the largest phase."""
     state = lora_state_bytes(shape, p)
-    terms = {"weights": frozen_weights_bytes(shape, p), "merged": merged_copy_bytes(shape, p),
-             "adapter_terms": adapter_terms_bytes(shape, p), **state, "kv_cache": kv_cache_bytes(shape, p),
-             "vision": vision_activation_bytes(shape, p),
-             "activations_ckpt": policy_activation_bytes(shape, p, checkpointing=True),
-             "activations_full": policy_activation_bytes(shape, p, checkpointing=False),
-             "logprob": logprob_buffer_bytes(shape, p), "sampling": sampling_buffer_bytes(shape, p),
-             "prefill": forward_transient_bytes(shape, p, max(p.prompts * p.prompt_tokens, p.rows * p.sequence))}  # fmt: skip
+    terms = {
+        "weights": frozen_weights_bytes(shape, p),
+        "merged": merged_copy_bytes(shape, p),
+        "adapter_terms": adapter_terms_bytes(shape, p),
+        **state,
+        "kv_cache": kv_cache_bytes(shape, p),
+        "vision": vision_activation_bytes(shape, p),
+        "activations_ckpt": policy_activation_bytes(shape, p, checkpointing=True),
+        "activations_full": policy_activation_bytes(shape, p, checkpointing=False),
+        "logprob": logprob_buffer_bytes(shape, p),
+        "sampling": sampling_buffer_bytes(shape, p),
+        "prefill": forward_transient_bytes(shape, p, max(p.prompts * p.prompt_tokens, p.rows * p.sequence)),
+    }
     resident = terms["weights"] + state["lora"] + state["optim"] + state["reference"]
     decode = terms["merged"] + terms["adapter_terms"] + terms["kv_cache"] + terms["sampling"]
     rollout = resident + max(terms["vision"], terms["prefill"] + terms["kv_cache"], decode)
     activations = terms["activations_ckpt" if p.gradient_checkpointing else "activations_full"]
     update = resident + state["grads"] + state["ddp_buckets"] + activations + terms["logprob"]
     step = resident + state["grads"] + state["ddp_buckets"] + (0 if p.eight_bit else state["lora"])
-    phases = {"rollout (encode, prefill, decode)": rollout, "update (forward + backward)": update,
-              "optimizer step": step}  # fmt: skip
+    phases = {
+        "rollout (encode, prefill, decode)": rollout,
+        "update (forward + backward)": update,
+        "optimizer step": step,
+    }
     peak_phase = max(phases, key=phases.get)
     allocated = phases[peak_phase]
     overhead = runtime_overhead_bytes(p, allocated)
@@ -487,8 +507,10 @@ def fit_report(shape: ModelShape, p: PlanSettings, budget: int) -> tuple[bool, s
         if fixes
         else "; no listed setting makes it fit: fewer new tokens or pixels"
     )
-    return False, (f"does not fit in {budget / GB:.0f} GB: {plan.total / GB:.2f} GB planned "
-                   f"({plan.peak_phase} peak){hint}")  # fmt: skip
+    return False, (
+        f"does not fit in {budget / GB:.0f} GB: {plan.total / GB:.2f} GB planned "
+        f"({plan.peak_phase} peak){hint}"
+    )
 
 
 def plan_for_config(
@@ -518,9 +540,11 @@ def plan_text(
     """``train.py --plan``: the table for the config as it would run on ``device`` (per rank), and with a
     card size whether it fits and which setting would make it fit. Returns (fits, text)."""
     shape, p = plan_for_config(cfg, device, world_size=world_size)
-    lines = [f"model {cfg.model.path}: {shape.total_params / 1e9:.2f} B parameters (vision "
-             f"{shape.vision_params / 1e9:.2f} B), {len(shape.lora_targets)} LoRA targets, "
-             f"{lora_params(shape, p.lora_rank) / 1e6:.1f} M LoRA parameters; {world_size} rank(s)"]  # fmt: skip
+    lines = [
+        f"model {cfg.model.path}: {shape.total_params / 1e9:.2f} B parameters (vision "
+        f"{shape.vision_params / 1e9:.2f} B), {len(shape.lora_targets)} LoRA targets, "
+        f"{lora_params(shape, p.lora_rank) / 1e6:.1f} M LoRA parameters; {world_size} rank(s)"
+    ]
     auto = cfg.sampling.merge_lora == "auto"
     if auto:
         p = replace(p, merge_lora=merge_choice(shape, p, gpu_memory))
@@ -531,13 +555,17 @@ def plan_text(
         why = (
             f"on {gpu_memory / GB:.0f} GB" if gpu_memory else "where free memory allows (decided at run time)"
         )
-        lines.append(f"sampling.merge_lora=auto: {'merges' if p.merge_lora else 'keeps the adapter terms'} {why}; "
-                     f"with merge_lora={'false' if p.merge_lora else 'true'} the peak would be "
-                     f"{other.total / GB:.2f} GB ({other.peak_phase})")  # fmt: skip
+        lines.append(
+            f"sampling.merge_lora=auto: {'merges' if p.merge_lora else 'keeps the adapter terms'} {why}; "
+            f"with merge_lora={'false' if p.merge_lora else 'true'} the peak would be "
+            f"{other.total / GB:.2f} GB ({other.peak_phase})"
+        )
     if device == "cuda" and cfg.optim.eight_bit == "auto" and not p.eight_bit:
         with_8bit = plan_memory(shape, replace(p, eight_bit=True))
-        lines.append(f"optim.eight_bit=auto: bitsandbytes does not import here, so fp32 AdamW state is planned; "
-                     f"where it imports the peak is {with_8bit.total / GB:.2f} GB")  # fmt: skip
+        lines.append(
+            f"optim.eight_bit=auto: bitsandbytes does not import here, so fp32 AdamW state is planned; "
+            f"where it imports the peak is {with_8bit.total / GB:.2f} GB"
+        )
     fits = True
     if gpu_memory is not None:
         fits, line = fit_report(shape, p, gpu_memory)
@@ -561,5 +589,7 @@ def check_cuda_plan(cfg, world_size: int, device) -> None:
         p = replace(p, merge_lora=merge_choice(shape, p, budget))
     fits, line = fit_report(shape, p, budget)
     if not fits:
-        raise ConfigError(f"memory plan ({torch.cuda.get_device_name(device)}, {free / GB:.1f} GB free): {line} "
-                          "(python train.py --plan shows the table; --skip-memory-check runs anyway)")  # fmt: skip
+        raise ConfigError(
+            f"memory plan ({torch.cuda.get_device_name(device)}, {free / GB:.1f} GB free): {line} "
+            "(python train.py --plan shows the table; --skip-memory-check runs anyway)"
+        )

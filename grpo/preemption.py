@@ -59,8 +59,9 @@ class StopSignal:
     def _handle(self, signum: int, frame) -> None:
         self.received = self.received or signum
         signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))  # the next one is not caught
-        log.warning("%s received: finishing the current step, then writing a checkpoint",
-                    signal.Signals(signum).name)  # fmt: skip
+        log.warning(
+            "%s received: finishing the current step, then writing a checkpoint", signal.Signals(signum).name
+        )
 
     def install(self) -> StopSignal:
         import threading

@@ -184,9 +184,13 @@ class StaticEngine:
             need = merged_copy_bytes(model)
             merge = resolve_merge(need, free_memory_bytes(device))
         if merge != self._logged_merge:
-            log.info("static engine: %s (sampling.merge_lora=%s)",
-                     "decoding on a merged copy of the adapted projections" if merge
-                     else "decoding with the adapter's terms, no copy of the weights", self.merge_lora)  # fmt: skip
+            log.info(
+                "static engine: %s (sampling.merge_lora=%s)",
+                "decoding on a merged copy of the adapted projections"
+                if merge
+                else "decoding with the adapter's terms, no copy of the weights",
+                self.merge_lora,
+            )
             self._logged_merge = merge
         self.merged = merge
         return merge
