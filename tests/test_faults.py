@@ -1002,7 +1002,9 @@ def ddp_fault(tiny_model_dir, world, out, mode, step):
 
 
 def rank_lines(stderr):
-    return sorted(line for line in stderr.splitlines() if re.match(r"rank \d: error: ", line))
+    """Each rank's one-line error. Two processes share the pipe and rank 0's progress bar ends in a carriage
+    return, so a line may start mid-line or run into the other rank's: split on the prefix, not on newlines."""
+    return sorted(re.findall(r"rank \d: error: .*?(?=rank \d: error: |$)", stderr, flags=re.M))
 
 
 @pytest.fixture(scope="module")
