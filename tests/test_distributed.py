@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import launch
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,35 +23,12 @@ def world(tmp_path_factory):
 
 
 def torchrun(*args, timeout=300):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        *map(str, args),
-    ]
-    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    result = launch.torchrun(*args, timeout=timeout)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
 
 
-def overrides(tiny_model_dir, world, out):
-    return [
-        f"model.path={tiny_model_dir}",
-        f"data.annotation={world}",
-        f"output_dir={out}",
-        "device=cpu",
-        "model.lora.rank=4",
-        "model.lora.alpha=8",
-        "sampling.max_new_tokens=6",
-        "batch.prompts_per_device=1",
-        "batch.grad_accum=2",
-        "optim.lr=0.01",
-        "optim.grad_clip=1.0",
-        "save_every=100",
-    ]
+overrides = launch.ddp_overrides
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import launch
 import numpy as np
 import pytest
 import torch
@@ -476,39 +477,13 @@ def test_ddp_rank_sigterm_both_ranks_checkpoint_and_torchrun_restart_resumes_ide
     world = generate_world(tmp_path / "world", n=8, seed=1, image_size=56)
     # A restarted worker group must not read the previous group's addresses from torchrun's shared
     # rendezvous store (pytorch/pytorch#135712: "connectFullMesh ... Connection refused" on restart).
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
-    }
-    root = Path(__file__).resolve().parent.parent
+    env_extra = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    root = launch.ROOT
 
     def torchrun(script, first, out, restarts):
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            f"--max-restarts={restarts}",
-            str(root / "tests" / script),
-            str(first),
-            f"model.path={tiny_model_dir}",
-            f"data.annotation={world}",
-            f"output_dir={out}",
-            "device=cpu",
-            "model.lora.rank=4",
-            "model.lora.alpha=8",
-            "sampling.max_new_tokens=6",
-            "batch.prompts_per_device=1",
-            "batch.grad_accum=2",
-            "optim.lr=0.01",
-            "optim.grad_clip=1.0",
-            "save_every=100",
-            "max_steps=3",
-        ]
-        return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        overrides = launch.ddp_overrides(tiny_model_dir, world, out)
+        args = (f"--max-restarts={restarts}", root / "tests" / script, first, *overrides, "max_steps=3")
+        return launch.torchrun(*args, timeout=600, env_extra=env_extra)
 
     straight = torchrun("ddp_worker.py", tmp_path / "straight.json", tmp_path / "straight", 0)
     assert straight.returncode == 0, straight.stderr[-3000:]
@@ -693,17 +668,7 @@ def test_a_reward_term_that_raises_is_named(monkeypatch):
 
 
 def _torchrun(*args, timeout=120, env_extra=None):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
-    root = Path(__file__).resolve().parent.parent
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        *map(str, args),
-    ]
-    return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+    return launch.torchrun(*args, timeout=timeout, env_extra=env_extra)
 
 
 def test_a_rank_that_never_arrives_stops_the_other_with_one_line_and_exit_4():
