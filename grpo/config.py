@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from data.prompts import PromptConfig  # the prompt texts: system turn and instruction
-from grpo.advantages import SCALES
+from grpo.advantages import ADV_SCALE_ESTIMATORS, ESTIMATORS, SCALES
 from grpo.loss import AGGREGATIONS, load_loss
 from model.engine import ENGINES, SamplingParams, make_engine
 from model.generation import sampling_params
@@ -171,6 +171,10 @@ class GRPOConfig:
     loss: str = "grpo"  # grpo (eq. 1) | package.module:function, a plug-in loss (docs/extending.md)
     aggregation: str = "sequence"  # sequence (paper) | token (DAPO) | dr_grpo; over the whole step's tokens
     adv_scale: str = "group"  # group (eq. 2) | batch (std over the step's batch, all ranks) | none
+    # the advantage estimator (grpo/advantages.py ESTIMATORS): group (eq. 2) | no_std (Dr. GRPO: centred,
+    # not scaled) | rloo (leave-one-out baseline) | batch (the step's spread); None: the one adv_scale names,
+    # the older key (group -> group, batch -> batch, none -> no_std; adv_scale=group defers to this key)
+    advantage: str | None = None
     kl_clamp: float | None = None  # bound |ref - logp| inside the k3 KL to this; None: unbounded (paper)
     num_iterations: int = 1  # optimizer passes over each batch of rollouts (mu); 1: old policy = policy
     # tokens per chunk of the output projection in the log-prob pass; None: 2**24 / vocab (a 64 MB fp32
@@ -180,6 +184,11 @@ class GRPOConfig:
     # values and gradients, P*(G-1) fewer positions per prompt); false, or gradient checkpointing (which
     # turns the cache off): every row runs prompt + completion
     prompt_once: bool = True
+
+    @property
+    def estimator(self) -> str:
+        """The advantage estimator of the run: ``advantage``, or the one ``adv_scale`` names."""
+        return self.advantage or ADV_SCALE_ESTIMATORS[self.adv_scale]
 
 
 @dataclass
@@ -191,6 +200,8 @@ class RewardConfig:
     margin: float | None = None  # MCCS margin m of eq. (6); None: rewards.mccs.DEFAULT_MARGIN
     blank_match: bool = False  # score 1 when both label vectors are all blank (eq. 5 gives 0)
     uncertain_as: str = "positive"  # for the CE-F1 reward
+    # none: advantages of the weighted total | per_term: each term normalised within its group first (eq. 2)
+    normalize: str = "none"
 
 
 @dataclass
@@ -284,6 +295,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.eight_bit": ("auto", "on", "off"),
     "reward.labeler": LABELER_NAMES,  # rewards/labeling.py
     "reward.uncertain_as": ("positive", "negative"),
+    "reward.normalize": ("none", "per_term"),  # grpo/experience.py
     "log.tensorboard": ("auto", "on", "off"),
     "data.verify_images": ("none", "header", "full"),
 }
@@ -491,6 +503,7 @@ def validate(cfg: TrainConfig) -> None:
         load_loss(g.loss)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    _check_toolkit(cfg)
     _require(g.num_iterations >= 1, f"grpo.num_iterations: must be >= 1, got {g.num_iterations}")
     _require(
         cfg.save_every % g.num_iterations == 0,
@@ -538,6 +551,21 @@ def validate(cfg: TrainConfig) -> None:
             "reward.labeler=chexbert needs reward.chexbert_path and reward.chexbert_tokenizer",
         )
     _require(r.margin is None or -1 < r.margin < 1, f"reward.margin: m must be in (-1, 1), got {r.margin}")
+
+
+def _check_toolkit(cfg: TrainConfig) -> None:
+    """The advantage estimator options (docs/extending.md)."""
+    g = cfg.grpo
+    names = tuple(ESTIMATORS)
+    _require(
+        g.advantage is None or g.advantage in names,
+        f"grpo.advantage: expected {_one_of(names)} (or null), got {g.advantage!r}",
+    )
+    _require(
+        g.advantage is None or g.adv_scale == "group" or ADV_SCALE_ESTIMATORS[g.adv_scale] == g.advantage,
+        f"grpo.advantage={g.advantage} and grpo.adv_scale={g.adv_scale} disagree: grpo.adv_scale is the "
+        f"older key (none means no_std); set grpo.advantage alone",
+    )
 
 
 # ------------------------------------------------------------------------------------- config drift

@@ -4,10 +4,10 @@ One GRPO optimizer step (docs/design.md, "One GRPO step"); what any run shares (
 drawing, optimizer, loop, log and checkpoints) is grpo/run.py:
 
     draw         grad_accum micro-batches of B studies, their images decoded     (grpo.run, data.sharding)
-    rollout(), no gradients, for each micro-batch:
+    rollout(), no gradients, for each micro-batch (collect: grpo.experience):
         sample_group build the B prompts, encode their images once, G completions per study (model/engine)
         score        R = sum_k w_k * term_k                         (rewards.combine.RewardCombiner)
-        advantages   eq. (2), per group; adv_scale=batch: over the step's whole batch, all ranks
+        advantages   eq. (2) per group, or the estimator grpo.advantage names            (grpo.experience)
         log-probs    reference (beta > 0) and old policy (mu > 1), completion positions only, chunked
     grpo_update(), num_iterations (mu) times per rollout:
         for each micro-batch: policy log-probs -> loss_fn (eq. 1) -> backward   (DDP no_sync but the last)
@@ -21,64 +21,25 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from data.batching import append_completion, repeat_for_group
 from data.r2gen import Sample
-from grpo import distributed
-from grpo.advantages import group_advantages, pooled_variance
+from grpo import distributed, experience
 from grpo.config import TrainConfig
 from grpo.faults import StepFailed, describe_exception
 from grpo.logprobs import token_logprobs_from_hidden
 from grpo.loss import LossInputs, load_loss
+from grpo.rollout import Rollout
 from grpo.run import Run
-from grpo.run_log import examples, logprob_gap_sum, rollout_stats
+from grpo.run_log import examples, logprob_gap_sum
 from model.generation import Completions, split_completions
 from model.loading import ImageFeatures, completion_hidden_states, lm_head_weight, unwrap_model
 from model.lora import reference_policy
 from rewards.combine import RewardOutput, RewardTermError, build_reward
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Rollout:
-    """One micro-batch of sampled completions, filled in by the rollout's steps, and what the loss needs."""
-
-    samples: list[Sample]
-    prompts: dict[str, torch.Tensor]  # the B prompts (no pixels: see `prompt_images`)
-    prompt_images: ImageFeatures | None  # the B prompts' images, encoded once
-    images_per_prompt: list[int]
-    group_size: int  # G: completion j of prompt i is row i*G + j
-    prompt_len: int
-    completion_ids: torch.Tensor  # (B*G, T)
-    completion_mask: torch.Tensor  # (B*G, T) bool, EOS included
-    truncated: torch.Tensor  # (B*G,) bool: no EOS within max_new_tokens
-    sample_logp: torch.Tensor | None  # (B*G, T) the engine's own log-probs of the tokens (None: hf engine)
-    loss_mask: torch.Tensor  # completion_mask, minus truncated rows when sampling.mask_truncated
-    texts: list[str] = field(default_factory=list)  # decoded completions
-    scored: RewardOutput | None = None
-    rewards: torch.Tensor | None = None  # (B*G,) total reward
-    advantages: torch.Tensor | None = None  # (B*G,)
-    ref_logp: torch.Tensor | None = None  # (B*G, T), when beta > 0
-    old_logp: torch.Tensor | None = None  # (B*G, T), when num_iterations > 1
-    stats: dict[str, float] = field(default_factory=dict)  # sums over this micro-batch; time/<phase>
-
-    @property
-    def inputs(self) -> dict[str, torch.Tensor]:
-        """Prompt + completion, B*G rows (no pixels: see `images`), for passes over full rows."""
-        rows = repeat_for_group(self.prompts, self.group_size)
-        return append_completion(rows, self.completion_ids, self.completion_mask)
-
-    @property
-    def images(self) -> ImageFeatures | None:
-        """`prompt_images` repeated for the B*G rows of `inputs`."""
-        if self.prompt_images is None:
-            return None
-        return self.prompt_images.repeat_per_prompt(self.images_per_prompt, self.group_size)
 
 
 class Trainer(Run):
@@ -105,6 +66,8 @@ class Trainer(Run):
         self.reward = reward_fn
         self._reward_failure: tuple[str, str] | None = None  # (term, "Type: message") of this step
         self.loss_fn = loss_fn or load_loss(cfg.grpo.loss)
+        # (trainer, micro_batches) -> sampled and scored Rollouts (grpo/experience.py)
+        self.collect = experience.collector(cfg)
         self.rollouts: list[Rollout] = []
         super().__init__(cfg, resume, policy, allow_config_change, overwrite)
 
@@ -162,9 +125,7 @@ class Trainer(Run):
     @torch.no_grad()
     def rollout(self, micro_batches: list[list[Sample]]) -> list[Rollout]:
         """The experience of one optimizer step, one Rollout per micro-batch (no gradients)."""
-        rollouts = [self.sample_group(samples) for samples in micro_batches]
-        for ro in rollouts:
-            self.score(ro)
+        rollouts = self.collect(self, micro_batches)  # sample_group and score each
         self.set_advantages(rollouts)
         for ro in rollouts:
             self.reference_and_old_logprobs(ro)
@@ -224,20 +185,9 @@ class Trainer(Run):
         ro.stats["time/reward"] = time.perf_counter() - t
 
     def set_advantages(self, rollouts: list[Rollout]) -> None:
-        """Eq. (2) within each group. With adv_scale=batch the spread is that of the step's whole batch,
-        all micro-batches on all ranks, as a single process holding the batch would compute it."""
-        g = self.cfg.grpo
-        batch_var = None
-        if g.adv_scale == "batch":
-            rewards = torch.cat([ro.rewards for ro in rollouts]).double()
-            moments = {"n": rewards.numel(), "sum": rewards.sum().item(), "sq": rewards.pow(2).sum().item()}
-            moments = distributed.all_reduce_sums(moments, self.dist.device)
-            batch_var = pooled_variance(moments["n"], moments["sum"], moments["sq"])
-        for ro in rollouts:
-            ro.advantages = group_advantages(
-                ro.rewards, ro.group_size, scale=g.adv_scale, batch_var=batch_var
-            )
-            ro.stats.update(rollout_stats(ro))
+        """Eq. (2) within each group, or the estimator grpo.advantage names; a pooled one (batch) uses the
+        spread of the step's whole batch, all micro-batches on all ranks (grpo/experience.py)."""
+        experience.set_advantages(rollouts, self.cfg, self.dist.device)
 
     def reference_and_old_logprobs(self, ro: Rollout) -> None:
         """Log-probs under the frozen reference (for the KL, beta > 0) and under the policy that sampled
