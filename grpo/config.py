@@ -130,7 +130,7 @@ class SamplingConfig:
     top_p: float = 1.0
     max_new_tokens: int = 256
     min_new_tokens: int = 0  # > 0 suppresses EOS before that many tokens (benchmarks force a fixed length)
-    mask_truncated: bool = False  # drop completions that hit max_new_tokens without EOS from the loss
+    mask_truncated: bool = False  # the older name of grpo.mask_truncated: either one turns it on
     # never sample tokens whose text is not ASCII (byte pieces that alone decode to U+FFFD, other scripts,
     # the output rows past the tokenizer): for English-only data, where the policy never learnt them
     ascii_only: bool = False
@@ -175,6 +175,7 @@ class GRPOConfig:
     # not scaled) | rloo (leave-one-out baseline) | batch (the step's spread); None: the one adv_scale names,
     # the older key (group -> group, batch -> batch, none -> no_std; adv_scale=group defers to this key)
     advantage: str | None = None
+    mask_truncated: bool = False  # completions that hit max_new_tokens without EOS are left out of the loss
     kl_clamp: float | None = None  # bound |ref - logp| inside the k3 KL to this; None: unbounded (paper)
     num_iterations: int = 1  # optimizer passes over each batch of rollouts (mu); 1: old policy = policy
     # tokens per chunk of the output projection in the log-prob pass; None: 2**24 / vocab (a 64 MB fp32
@@ -202,6 +203,7 @@ class RewardConfig:
     uncertain_as: str = "positive"  # for the CE-F1 reward
     # none: advantages of the weighted total | per_term: each term normalised within its group first (eq. 2)
     normalize: str = "none"
+    overlong_penalty: int | None = None  # L: DAPO's soft penalty, 0 to -1 over the budget's last L tokens
 
 
 @dataclass
@@ -554,8 +556,8 @@ def validate(cfg: TrainConfig) -> None:
 
 
 def _check_toolkit(cfg: TrainConfig) -> None:
-    """The advantage estimator options (docs/extending.md)."""
-    g = cfg.grpo
+    """The estimator and overlong options (docs/extending.md)."""
+    s, g, r = cfg.sampling, cfg.grpo, cfg.reward
     names = tuple(ESTIMATORS)
     _require(
         g.advantage is None or g.advantage in names,
@@ -565,6 +567,11 @@ def _check_toolkit(cfg: TrainConfig) -> None:
         g.advantage is None or g.adv_scale == "group" or ADV_SCALE_ESTIMATORS[g.adv_scale] == g.advantage,
         f"grpo.advantage={g.advantage} and grpo.adv_scale={g.adv_scale} disagree: grpo.adv_scale is the "
         f"older key (none means no_std); set grpo.advantage alone",
+    )
+    _require(
+        r.overlong_penalty is None or 1 <= r.overlong_penalty <= s.max_new_tokens,
+        f"reward.overlong_penalty: must be in [1, sampling.max_new_tokens={s.max_new_tokens}], got "
+        f"{r.overlong_penalty}",
     )
 
 

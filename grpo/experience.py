@@ -1,6 +1,7 @@
 """What one GRPO step trains on, between the rollout engine and the loss; grpo/trainer.py calls it.
 
     collect     sample and score the step's drawn micro-batches: ``one_round``
+    shape       ``reward.overlong_penalty``: DAPO's soft penalty near the token budget, a reward term
     advantages  the estimator ``grpo.advantage`` names (grpo/advantages.py ``ESTIMATORS``), on the total
                 reward or, with ``reward.normalize=per_term``, on the sum of group-normalised terms
 
@@ -11,12 +12,14 @@ sampling do.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from grpo import distributed
 from grpo.advantages import ESTIMATORS, POOLED, per_term_rewards, pooled_variance
 from grpo.rollout import Rollout
 from grpo.run_log import rollout_stats
+from rewards.overlong import overlong_penalty
 
 
 def collector(cfg):
@@ -25,16 +28,30 @@ def collector(cfg):
 
 
 def one_round(trainer, micro_batches: list[list]) -> list[Rollout]:
-    """One Rollout per drawn micro-batch: G completions per study, scored."""
+    """One Rollout per drawn micro-batch: G completions per study, scored, the overlong penalty added."""
     rollouts = [trainer.sample_group(samples) for samples in micro_batches]
     for ro in rollouts:
         trainer.score(ro)
+        add_overlong_penalty(ro, trainer.cfg)
     return rollouts
+
+
+def add_overlong_penalty(ro: Rollout, cfg) -> None:
+    """``reward.overlong_penalty=L``: DAPO's penalty (rewards/overlong.py) joins the total reward and is
+    logged as the term ``reward/overlong``."""
+    buffer = cfg.reward.overlong_penalty
+    if buffer is None:
+        return
+    lengths = ro.completion_mask.sum(dim=1).cpu().numpy()
+    penalty = overlong_penalty(lengths, cfg.sampling.max_new_tokens, buffer)
+    ro.scored.terms["overlong"] = penalty
+    ro.scored.total = (ro.scored.total + penalty).astype(np.float32)
+    ro.rewards = ro.rewards + torch.as_tensor(penalty, device=ro.rewards.device)
 
 
 def advantage_input(ro: Rollout, cfg) -> torch.Tensor:
     """The rewards the estimator sees: the total, or with ``reward.normalize=per_term`` the weighted sum of
-    the terms each normalised within its group."""
+    the terms each normalised within its group (the overlong penalty, when on, is a term of weight 1)."""
     if cfg.reward.normalize != "per_term":
         return ro.rewards
     if not ro.scored.terms and not bool(ro.rewards.any()):
@@ -42,6 +59,8 @@ def advantage_input(ro: Rollout, cfg) -> torch.Tensor:
             ro.rewards
         )  # a reward that raised left zeros and no terms: the step stops at its next collective
     weights = dict(cfg.reward.weights)
+    if cfg.reward.overlong_penalty is not None:
+        weights["overlong"] = 1.0
     terms = {
         name: torch.as_tensor(values, dtype=torch.float32, device=ro.rewards.device)
         for name, values in ro.scored.terms.items()

@@ -11,7 +11,7 @@ TensorBoard events (``log.tensorboard``, the ``log`` extra) and to Weights & Bia
                          clip_frac (= clip_frac_low + clip_frac_high, share of clipped tokens),
                          ratio_mean (1 on a fresh batch of rollouts), adv_mean, tokens
     reward               mean total reward of the step's completions
-    reward/<term>        mean unweighted value of each reward term (mccs, format, cef1, nlg)
+    reward/<term>        mean unweighted value of each reward term (mccs, format, cef1, nlg, overlong)
     reward_std           spread of the total reward over all completions
     adv_std              spread of the advantages (near 0: no learning signal)
     frac_zero_std_groups fraction of groups whose G rewards are all equal (their advantages are exactly 0)

@@ -136,7 +136,8 @@ class Trainer(Run):
         t = time.perf_counter()
         prompts, images, counts = self._encode_prompts(samples)
         out = self.generate(prompts, images)
-        loss_mask = out.mask & ~out.truncated[:, None] if self.cfg.sampling.mask_truncated else out.mask
+        drop_truncated = self.cfg.grpo.mask_truncated or self.cfg.sampling.mask_truncated  # (its older name)
+        loss_mask = out.mask & ~out.truncated[:, None] if drop_truncated else out.mask
         return Rollout(
             samples=samples,
             prompts=prompts,

@@ -54,6 +54,11 @@ def test_int_and_exponent_strings_are_accepted_where_a_float_is_declared():
         ("grpo.loss=grpo.gspo:no_such_loss", "grpo.loss: cannot load"),
         ("grpo.advantage=ppo", "grpo.advantage: expected group, no_std, rloo or batch"),
         ("reward.normalize=per_group", "reward.normalize: expected none or per_term, got 'per_group'"),
+        ("reward.overlong_penalty=0", "reward.overlong_penalty: must be in [1, sampling.max_new_tokens=256]"),
+        (
+            "reward.overlong_penalty=300",
+            "reward.overlong_penalty: must be in [1, sampling.max_new_tokens=256]",
+        ),
     ],
 )
 def test_bad_values_name_the_key(override, message):
@@ -117,5 +122,11 @@ def test_advantage_estimator_follows_the_older_adv_scale_unless_set_and_a_contra
 
 def test_every_toolkit_option_is_off_by_default():
     g, r = load_config(None, REQUIRED).grpo, load_config(None, REQUIRED).reward
-    assert (g.advantage,) == (None,)
-    assert r.normalize == "none"
+    assert (
+        g.advantage,
+        g.mask_truncated,
+    ) == (
+        None,
+        False,
+    )
+    assert r.normalize == "none" and r.overlong_penalty is None

@@ -13,6 +13,7 @@ from grpo.advantages import ESTIMATORS, per_term_rewards
 from grpo.config import load_config
 from grpo.trainer import Trainer
 from rewards.combine import RewardOutput
+from rewards.overlong import overlong_penalty
 
 
 @pytest.fixture(scope="module")
@@ -50,16 +51,20 @@ def read_metrics(run_dir):
 def test_the_configured_estimator_and_per_term_normalisation_give_the_advantages(
     tiny_model_dir, world, tmp_path
 ):
-    """rloo on the per-term normalised rewards."""
+    """rloo on the per-term normalised rewards; the overlong penalty joins the total and, with weight 1, the
+    per-term sum."""
     trainer = make_trainer(
         tiny_model_dir, world, tmp_path, "grpo.advantage=rloo", "reward.normalize=per_term",
-        reward_fn=two_term_reward,
+        "reward.overlong_penalty=4", reward_fn=two_term_reward,
     )  # fmt: skip
     (ro,) = trainer.rollout(trainer._draw_step())
+    lengths = ro.completion_mask.sum(dim=1).numpy()
+    penalty = overlong_penalty(lengths, 8, 4)
+    np.testing.assert_array_equal(ro.scored.terms["overlong"], penalty)
     raw = two_term_reward(ro.texts, None, [None] * len(ro.texts)).total
-    torch.testing.assert_close(ro.rewards, torch.as_tensor(raw))
+    torch.testing.assert_close(ro.rewards, torch.as_tensor(raw + penalty))
     terms = {k: torch.as_tensor(v) for k, v in ro.scored.terms.items()}
-    shaped = per_term_rewards(terms, {"mccs": 0.75, "format": 0.25}, 4)
+    shaped = per_term_rewards(terms, {"mccs": 0.75, "format": 0.25, "overlong": 1.0}, 4)
     torch.testing.assert_close(ro.advantages, ESTIMATORS["rloo"](shaped, 4, None))
     trainer.close()
 
@@ -71,3 +76,15 @@ def test_per_term_with_a_reward_whose_terms_the_weights_do_not_name_fails_naming
     with pytest.raises(ValueError, match=r"reward.normalize=per_term: .* terms \['e_share'\]"):
         trainer.rollout(trainer._draw_step())
     trainer.close()
+
+
+def test_grpo_mask_truncated_drops_cut_completions_from_the_loss(tiny_model_dir, world, tmp_path):
+    """The same as sampling.mask_truncated (its older name): every completion cut, no token left to learn."""
+    trainer = make_trainer(
+        tiny_model_dir, world, tmp_path, "max_steps=1", "sampling.max_new_tokens=2",
+        "sampling.min_new_tokens=2", "grpo.mask_truncated=true",
+    )  # fmt: skip
+    trainer.train()
+    trainer.close()
+    (row,) = read_metrics(tmp_path)
+    assert row["truncated_frac"] == 1.0 and row["loss"] == 0.0 and row["grad_norm"] == 0.0
