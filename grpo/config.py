@@ -176,6 +176,10 @@ class GRPOConfig:
     # the older key (group -> group, batch -> batch, none -> no_std; adv_scale=group defers to this key)
     advantage: str | None = None
     mask_truncated: bool = False  # completions that hit max_new_tokens without EOS are left out of the loss
+    entropy_coef: float = 0.0  # bonus + coef * (policy's token entropy) in the loss; 0: only logged (paper)
+    # truncated importance sampling: each token's surrogate x min(pi_train / pi_engine, tis_cap), with the
+    # log-probs the rollout engine returns (static engine); None: off
+    tis_cap: float | None = None
     kl_clamp: float | None = None  # bound |ref - logp| inside the k3 KL to this; None: unbounded (paper)
     num_iterations: int = 1  # optimizer passes over each batch of rollouts (mu); 1: old policy = policy
     # tokens per chunk of the output projection in the log-prob pass; None: 2**24 / vocab (a 64 MB fp32
@@ -556,7 +560,7 @@ def validate(cfg: TrainConfig) -> None:
 
 
 def _check_toolkit(cfg: TrainConfig) -> None:
-    """The estimator and overlong options (docs/extending.md)."""
+    """The estimator, overlong, entropy and TIS options (docs/extending.md)."""
     s, g, r = cfg.sampling, cfg.grpo, cfg.reward
     names = tuple(ESTIMATORS)
     _require(
@@ -567,6 +571,12 @@ def _check_toolkit(cfg: TrainConfig) -> None:
         g.advantage is None or g.adv_scale == "group" or ADV_SCALE_ESTIMATORS[g.adv_scale] == g.advantage,
         f"grpo.advantage={g.advantage} and grpo.adv_scale={g.adv_scale} disagree: grpo.adv_scale is the "
         f"older key (none means no_std); set grpo.advantage alone",
+    )
+    _require(g.entropy_coef >= 0, f"grpo.entropy_coef: must be >= 0, got {g.entropy_coef}")
+    _require(g.tis_cap is None or g.tis_cap > 0, f"grpo.tis_cap: must be > 0, got {g.tis_cap}")
+    _require(
+        g.tis_cap is None or s.engine == "static",
+        f"grpo.tis_cap needs the rollout engine's log-probs: sampling.engine=static, got {s.engine}",
     )
     _require(
         r.overlong_penalty is None or 1 <= r.overlong_penalty <= s.max_new_tokens,

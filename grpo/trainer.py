@@ -33,7 +33,7 @@ from grpo.logprobs import token_logprobs_from_hidden
 from grpo.loss import LossInputs, load_loss
 from grpo.rollout import Rollout
 from grpo.run import Run
-from grpo.run_log import examples, logprob_gap_sum
+from grpo.run_log import examples, logprob_gap_sum, update_sums
 from model.generation import Completions, split_completions
 from model.loading import ImageFeatures, completion_hidden_states, lm_head_weight, unwrap_model
 from model.lora import reference_policy
@@ -205,19 +205,15 @@ class Trainer(Run):
 
     # ---------------------------------------------------------------------------------------- update
 
-    def _rollout_logprobs(self, model, ro: Rollout) -> torch.Tensor:
-        """The completions' per-token log-probs under ``model``: each prompt once (``grpo.prompt_once``) or
-        every row's prompt + completion."""
+    def _rollout_logprobs(self, model, ro: Rollout, entropy: bool = False):
+        """The completions' per-token log-probs under ``model`` (with ``entropy``: and the entropy of each
+        token's distribution, from the same chunks): each prompt once (``grpo.prompt_once``) or every row's
+        prompt + completion."""
         if not self.prompt_once:
             return self.completion_logprobs(
-                model,
-                ro.inputs,
-                ro.images,
-                ro.prompt_len,
-                ro.completion_ids,
-                ro.completion_mask,
-                self.cfg.sampling.temperature,
-            )
+                model, ro.inputs, ro.images, ro.prompt_len, ro.completion_ids, ro.completion_mask,
+                self.cfg.sampling.temperature, entropy=entropy,
+            )  # fmt: skip
         hidden = completion_hidden_states(
             model, ro.prompts, ro.prompt_images, ro.completion_ids, ro.completion_mask, ro.group_size
         )
@@ -228,6 +224,7 @@ class Trainer(Run):
             temperature=self.cfg.sampling.temperature,
             chunk_size=self.logprob_chunk,
             mask=ro.completion_mask,
+            entropy=entropy,
         )
 
     def grpo_update(self, rollouts: list[Rollout]) -> dict[str, float]:
@@ -246,8 +243,9 @@ class Trainer(Run):
         sums = {"loss": 0.0, "micro_batches": float(len(rollouts))}
         for k, ro in enumerate(rollouts):
             with self._no_sync(last=k == len(rollouts) - 1):
+                logp, entropy = self._rollout_logprobs(self._forward_model(True), ro, entropy=True)
                 batch = LossInputs(
-                    logp=self._rollout_logprobs(self._forward_model(True), ro),
+                    logp=logp,
                     old_logp=ro.old_logp,
                     ref_logp=ro.ref_logp,
                     advantages=ro.advantages,
@@ -255,13 +253,14 @@ class Trainer(Run):
                     max_length=self.cfg.sampling.max_new_tokens,
                     step_tokens=counts["tokens"],
                     step_sequences=counts["sequences"],
+                    sample_logp=ro.sample_logp,
+                    entropy=entropy,
                 )
                 loss, stats = self.loss_fn(batch, self.cfg.grpo)
                 with distributed.collective("DDP gradient all-reduce (backward)"):
                     (loss * world).backward()
-            if ro.old_logp is None and ro.sample_logp is not None:  # mu = 1: this is the first recomputation
-                gap = logprob_gap_sum(batch.logp.detach(), ro.sample_logp, ro.completion_mask)
-                sums["logprob_gap"] = sums.get("logprob_gap", 0.0) + gap
+            for name, value in update_sums(ro, logp, entropy).items():  # entropy, rollout/logprob_gap
+                sums[name] = sums.get(name, 0.0) + value
             sums["loss"] += loss.item()
             for name, value in stats.items():
                 sums[f"loss/{name}"] = sums.get(f"loss/{name}", 0.0) + float(value)

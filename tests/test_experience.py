@@ -4,6 +4,7 @@ and per-term normalisation reach the advantages, and each option logs its statis
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -76,6 +77,21 @@ def test_per_term_with_a_reward_whose_terms_the_weights_do_not_name_fails_naming
     with pytest.raises(ValueError, match=r"reward.normalize=per_term: .* terms \['e_share'\]"):
         trainer.rollout(trainer._draw_step())
     trainer.close()
+
+
+def test_entropy_tis_and_overlong_log_their_statistics(tiny_model_dir, world, tmp_path):
+    trainer = make_trainer(
+        tiny_model_dir, world, tmp_path, "max_steps=1", "grpo.tis_cap=2", "grpo.entropy_coef=0.01",
+        "reward.overlong_penalty=8",
+    )  # fmt: skip
+    vocab = trainer.model.get_output_embeddings().weight.shape[0]
+    trainer.train()
+    trainer.close()
+    (row,) = read_metrics(tmp_path)
+    assert 0 < row["entropy"] <= math.log(vocab)
+    # fp32 on CPU: the engine and the training pass agree to ~1e-4 per token, so the weights are ~1
+    assert row["loss/tis_weight_mean"] == pytest.approx(1.0, abs=1e-3) and "rollout/logprob_gap" in row
+    assert -1.0 <= row["reward/overlong"] <= 0.0
 
 
 def test_grpo_mask_truncated_drops_cut_completions_from_the_loss(tiny_model_dir, world, tmp_path):
