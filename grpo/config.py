@@ -175,6 +175,10 @@ class GRPOConfig:
     # not scaled) | rloo (leave-one-out baseline) | batch (the step's spread); None: the one adv_scale names,
     # the older key (group -> group, batch -> batch, none -> no_std; adv_scale=group defers to this key)
     advantage: str | None = None
+    # DAPO's dynamic sampling (grpo/experience.py): groups whose rewards are all equal are dropped and more
+    # studies drawn, at most max_resample_rounds more draws per step; then dropped groups fill the batch
+    dynamic_sampling: bool = False
+    max_resample_rounds: int = 3
     mask_truncated: bool = False  # completions that hit max_new_tokens without EOS are left out of the loss
     entropy_coef: float = 0.0  # bonus + coef * (policy's token entropy) in the loss; 0: only logged (paper)
     # truncated importance sampling: each token's surrogate x min(pi_train / pi_engine, tis_cap), with the
@@ -560,7 +564,7 @@ def validate(cfg: TrainConfig) -> None:
 
 
 def _check_toolkit(cfg: TrainConfig) -> None:
-    """The estimator, overlong, entropy and TIS options (docs/extending.md)."""
+    """The estimator, dynamic sampling, overlong, entropy and TIS options (docs/extending.md)."""
     s, g, r = cfg.sampling, cfg.grpo, cfg.reward
     names = tuple(ESTIMATORS)
     _require(
@@ -571,6 +575,9 @@ def _check_toolkit(cfg: TrainConfig) -> None:
         g.advantage is None or g.adv_scale == "group" or ADV_SCALE_ESTIMATORS[g.adv_scale] == g.advantage,
         f"grpo.advantage={g.advantage} and grpo.adv_scale={g.adv_scale} disagree: grpo.adv_scale is the "
         f"older key (none means no_std); set grpo.advantage alone",
+    )
+    _require(
+        g.max_resample_rounds >= 0, f"grpo.max_resample_rounds: must be >= 0, got {g.max_resample_rounds}"
     )
     _require(g.entropy_coef >= 0, f"grpo.entropy_coef: must be >= 0, got {g.entropy_coef}")
     _require(g.tis_cap is None or g.tis_cap > 0, f"grpo.tis_cap: must be > 0, got {g.tis_cap}")

@@ -1,6 +1,8 @@
 """What one GRPO step trains on, between the rollout engine and the loss; grpo/trainer.py calls it.
 
-    collect     sample and score the step's drawn micro-batches: ``one_round``
+    collect     sample and score the step's drawn micro-batches: ``one_round``, or DAPO's dynamic sampling
+                (``DynamicSampling``, ``grpo.dynamic_sampling``): groups with no reward spread are dropped
+                and more studies are drawn until the batch is full
     shape       ``reward.overlong_penalty``: DAPO's soft penalty near the token budget, a reward term
     advantages  the estimator ``grpo.advantage`` names (grpo/advantages.py ``ESTIMATORS``), on the total
                 reward or, with ``reward.normalize=per_term``, on the sum of group-normalised terms
@@ -12,18 +14,24 @@ sampling do.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
 from grpo import distributed
-from grpo.advantages import ESTIMATORS, POOLED, per_term_rewards, pooled_variance
-from grpo.rollout import Rollout
+from grpo.advantages import ESTIMATORS, POOLED, group_has_spread, per_term_rewards, pooled_variance
+from grpo.rollout import Rollout, regroup
 from grpo.run_log import rollout_stats
 from rewards.overlong import overlong_penalty
+
+log = logging.getLogger(__name__)
 
 
 def collector(cfg):
     """The step's ``collect(trainer, micro_batches) -> list[Rollout]`` that a TrainConfig asks for."""
+    if cfg.grpo.dynamic_sampling:
+        return DynamicSampling(cfg.grpo.max_resample_rounds)
     return one_round
 
 
@@ -86,3 +94,65 @@ def set_advantages(rollouts: list[Rollout], cfg, device) -> None:
     for ro, rewards in zip(rollouts, inputs):
         ro.advantages = ESTIMATORS[name](rewards, ro.group_size, batch_var)
         ro.stats.update(rollout_stats(ro))
+
+
+class DynamicSampling:
+    """DAPO's dynamic sampling (Yu et al., 2025, section 3.2): train only on groups that carry a signal.
+
+    A group whose G rewards are all equal gets advantage 0 from every estimator: it adds nothing to the policy
+    gradient but still takes its share of the batch. Here such groups are dropped and the rank draws more
+    studies (``Run._draw_step``, one more micro-batch per ``grad_accum``) until it holds
+    ``grad_accum * prompts_per_device`` groups with spread, or ``max_rounds`` extra rounds have been drawn;
+    then the batch is completed with dropped groups (zero advantage, as without this option), so the batch
+    that reaches the loss always has the configured size.
+
+    Under DDP the ranks must run the same collectives: after each round they all-reduce whether any rank is
+    still short, and all draw another round if so (a rank already full discards its draw unsampled). So every
+    rank runs the same number of rounds and ends with ``grad_accum`` micro-batches of the configured size.
+
+    Logged (sums over ranks): ``dynamic/filtered_groups`` (groups dropped for zero spread),
+    ``dynamic/refilled_groups`` (dropped groups put back because the rounds ran out),
+    ``dynamic/sampled_groups`` (groups sampled, every round) and ``dynamic/resample_rounds`` (extra rounds).
+    """
+
+    def __init__(self, max_rounds: int):
+        self.max_rounds = max_rounds
+
+    def __call__(self, trainer, micro_batches: list[list]) -> list[Rollout]:
+        cfg = trainer.cfg
+        need = cfg.batch.grad_accum * cfg.batch.prompts_per_device
+        kept, dropped, sampled, stats, rounds = [], [], 0, {}, 0
+        rollouts = one_round(trainer, micro_batches)
+        while True:
+            for ro in rollouts:
+                for key, value in ro.stats.items():  # time/generate, time/reward of every round
+                    stats[key] = stats.get(key, 0.0) + value
+                spread = group_has_spread(advantage_input(ro, cfg), ro.group_size).tolist()
+                for i, signal in enumerate(spread):
+                    (kept if signal else dropped).append((ro, i))
+                sampled += len(spread)
+            short = len(kept) < need
+            if rounds == self.max_rounds or not distributed.all_reduce_max(float(short), trainer.dist.device):
+                break
+            rounds += 1
+            drawn = trainer._draw_step()  # every rank draws: the draw agrees on bad images collectively
+            if short:
+                rollouts = one_round(trainer, drawn)
+            else:
+                rollouts = []
+                for samples in drawn:
+                    trainer.data.pop_images(samples)  # full already: not sampled, decoded images freed
+        refill = dropped[: max(need - len(kept), 0)]
+        picks = kept[:need] + refill
+        accum = cfg.batch.grad_accum  # as many micro-batches on every rank (DDP runs one forward each)
+        bounds = [round(k * len(picks) / accum) for k in range(accum + 1)]
+        pad = trainer.tokenizer.pad_token_id
+        out = [regroup(picks[a:b], pad) for a, b in zip(bounds[:-1], bounds[1:])]
+        out[0].stats = stats | {
+            "dynamic/filtered_groups": float(len(dropped) - len(refill)),
+            "dynamic/refilled_groups": float(len(refill)),
+            "dynamic/sampled_groups": float(sampled),
+            # the ranks agree on the rounds: one rank counts them, so the sum over ranks is their number
+            "dynamic/resample_rounds": float(rounds if trainer.dist.is_main else 0),
+        }
+        return out

@@ -1,17 +1,20 @@
-"""One micro-batch of rollouts (``Rollout``): B studies, G completions each, and what the step adds to them.
+"""One micro-batch of rollouts (``Rollout``: B studies, G completions each, and what the step adds to them),
+and ``regroup``, which builds a micro-batch out of chosen groups of others.
 
 The trainer (grpo/trainer.py) fills a Rollout step by step: sampled (prompts, images, completions), scored
-(texts, rewards), then advantages and the reference / old-policy log-probs. It lives apart from the trainer
-so that the plug-ins between the rollout and the loss (grpo/experience.py) can use it.
+(texts, rewards), then advantages and the reference / old-policy log-probs. DAPO's dynamic sampling
+(grpo/experience.py) keeps only some groups of several rounds of sampling and ``regroup``s them into full
+micro-batches before the advantages, so every later step sees an ordinary Rollout.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
-from data.batching import append_completion, repeat_for_group
+from data.batching import IMAGE_KEYS, append_completion, repeat_for_group
 from data.r2gen import Sample
 from model.loading import ImageFeatures
 from rewards.combine import RewardOutput
@@ -52,3 +55,79 @@ class Rollout:
         if self.prompt_images is None:
             return None
         return self.prompt_images.repeat_per_prompt(self.images_per_prompt, self.group_size)
+
+
+def regroup(groups: list[tuple[Rollout, int]], pad_token_id: int) -> Rollout:
+    """A Rollout of ``groups``, in that order: ``(ro, i)`` is study i of rollout ``ro`` with its G completions
+    and their scores. Prompts are left-padded again to the longest (positions follow the attention mask:
+    padding changes values only by float rounding) and completions right-padded to the longest. The
+    advantages, the reference and old-policy log-probs and the stats are left for the step to fill in."""
+    if not groups:
+        raise ValueError("regroup: no groups given")
+    first = groups[0][0]
+    G = first.group_size
+    if any(ro.group_size != G for ro, _ in groups):
+        raise ValueError("regroup: the rollouts have different group sizes")
+    prompt_len = max(ro.prompt_len for ro, _ in groups)
+    width = max(ro.completion_ids.shape[1] for ro, _ in groups)
+    rows = [(ro, slice(i * G, (i + 1) * G)) for ro, i in groups]
+
+    def image_slice(ro: Rollout, i: int) -> slice:
+        start = sum(ro.images_per_prompt[:i])
+        return slice(start, start + ro.images_per_prompt[i])
+
+    prompts = {}
+    for key in first.prompts:
+        if key in IMAGE_KEYS:  # one row per image
+            prompts[key] = torch.cat([ro.prompts[key][image_slice(ro, i)] for ro, i in groups])
+        else:  # one left-padded row per prompt
+            fill = pad_token_id if key == "input_ids" else 0
+            prompts[key] = torch.cat(
+                [_pad(ro.prompts[key][i : i + 1], prompt_len, fill, True) for ro, i in groups]
+            )
+    images = None
+    if first.prompt_images is not None:
+        images = ImageFeatures(
+            tuple(f for ro, i in groups for f in ro.prompt_images.per_image[image_slice(ro, i)])
+        )
+
+    def rows_of(name: str, fill) -> torch.Tensor | None:
+        if getattr(first, name) is None:
+            return None
+        return torch.cat([_pad(getattr(ro, name)[r], width, fill, False) for ro, r in rows])
+
+    scored = None if first.scored is None else _regroup_scores([(ro.scored, r) for ro, r in rows])
+    return Rollout(
+        samples=[ro.samples[i] for ro, i in groups],
+        prompts=prompts,
+        prompt_images=images,
+        images_per_prompt=[ro.images_per_prompt[i] for ro, i in groups],
+        group_size=G,
+        prompt_len=prompt_len,
+        completion_ids=rows_of("completion_ids", pad_token_id),
+        completion_mask=rows_of("completion_mask", False),
+        truncated=torch.cat([ro.truncated[r] for ro, r in rows]),
+        sample_logp=rows_of("sample_logp", 0.0),
+        loss_mask=rows_of("loss_mask", False),
+        texts=[text for ro, r in rows for text in ro.texts[r]],
+        scored=scored,
+        rewards=None if first.rewards is None else torch.cat([ro.rewards[r] for ro, r in rows]),
+    )
+
+
+def _pad(rows: torch.Tensor, width: int, fill, left: bool) -> torch.Tensor:
+    """``rows`` (n, w) widened to (n, width) with ``fill`` on the left or the right."""
+    extra = rows.new_full((rows.shape[0], width - rows.shape[1]), fill)
+    return torch.cat([extra, rows] if left else [rows, extra], dim=1)
+
+
+def _regroup_scores(parts: list[tuple[RewardOutput, slice]]) -> RewardOutput:
+    """The rows ``r`` of each RewardOutput, concatenated in order."""
+    join = np.concatenate
+    first = parts[0][0]
+    return RewardOutput(
+        total=join([s.total[r] for s, r in parts]),
+        terms={name: join([s.terms[name][r] for s, r in parts]) for name in first.terms},
+        report_texts=[text for s, r in parts for text in s.report_texts[r]] if first.report_texts else [],
+        format_ok=None if first.format_ok is None else join([s.format_ok[r] for s, r in parts]),
+    )

@@ -22,6 +22,9 @@ TensorBoard events (``log.tensorboard``, the ``log`` extra) and to Weights & Bia
     rollout/logprob_gap  mean |engine log-prob - recomputed log-prob| per completion token (static engine):
                          numerical drift between sampling and the loss, ~0
     entropy              the policy's mean token entropy (nats) over the completions, from the update pass
+    dynamic/<name>       grpo.dynamic_sampling (grpo/experience.py), sums over ranks: filtered_groups (dropped
+                         for zero spread), refilled_groups (put back when the rounds ran out), sampled_groups,
+                         resample_rounds (extra draws this step)
     grad_norm            gradient norm before clipping
     lr                   learning rate used for the step
     step_time_s          wall time of the step
@@ -133,6 +136,8 @@ def metrics_row(sums: dict, step: int, grad_norm: float, lr: float, step_time: f
         row["rollout/logprob_gap"] = total["logprob_gap"] / tokens
     if "entropy" in total:
         row["entropy"] = total["entropy"] / tokens
+    for key in sorted(k for k in total if k.startswith("dynamic/")):
+        row[key] = total[key]
     row["skipped_images"] = int(total.get("skipped_images", 0.0))
     row["grad_norm"] = grad_norm
     row["lr"] = lr

@@ -4,7 +4,7 @@ One GRPO optimizer step (docs/design.md, "One GRPO step"); what any run shares (
 drawing, optimizer, loop, log and checkpoints) is grpo/run.py:
 
     draw         grad_accum micro-batches of B studies, their images decoded     (grpo.run, data.sharding)
-    rollout(), no gradients, for each micro-batch (collect: grpo.experience):
+    rollout(), no gradients, for each micro-batch (collect: once, or more with grpo.dynamic_sampling):
         sample_group build the B prompts, encode their images once, G completions per study (model/engine)
         score        R = sum_k w_k * term_k                         (rewards.combine.RewardCombiner)
         advantages   eq. (2) per group, or the estimator grpo.advantage names            (grpo.experience)
@@ -66,7 +66,7 @@ class Trainer(Run):
         self.reward = reward_fn
         self._reward_failure: tuple[str, str] | None = None  # (term, "Type: message") of this step
         self.loss_fn = loss_fn or load_loss(cfg.grpo.loss)
-        # (trainer, micro_batches) -> sampled and scored Rollouts (grpo/experience.py)
+        # (trainer, micro_batches) -> sampled and scored Rollouts: one round, or DAPO's dynamic sampling
         self.collect = experience.collector(cfg)
         self.rollouts: list[Rollout] = []
         super().__init__(cfg, resume, policy, allow_config_change, overwrite)
@@ -125,7 +125,7 @@ class Trainer(Run):
     @torch.no_grad()
     def rollout(self, micro_batches: list[list[Sample]]) -> list[Rollout]:
         """The experience of one optimizer step, one Rollout per micro-batch (no gradients)."""
-        rollouts = self.collect(self, micro_batches)  # sample_group and score each
+        rollouts = self.collect(self, micro_batches)  # sample_group and score, one round or more
         self.set_advantages(rollouts)
         for ro in rollouts:
             self.reference_and_old_logprobs(ro)

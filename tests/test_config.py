@@ -53,6 +53,7 @@ def test_int_and_exponent_strings_are_accepted_where_a_float_is_declared():
         ("grpo.loss=grpo.nowhere:loss", "grpo.loss: cannot load 'grpo.nowhere:loss'"),
         ("grpo.loss=grpo.gspo:no_such_loss", "grpo.loss: cannot load"),
         ("grpo.advantage=ppo", "grpo.advantage: expected group, no_std, rloo or batch"),
+        ("grpo.max_resample_rounds=-1", "grpo.max_resample_rounds: must be >= 0, got -1"),
         ("grpo.entropy_coef=-0.01", "grpo.entropy_coef: must be >= 0"),
         ("grpo.tis_cap=0", "grpo.tis_cap: must be > 0, got 0.0"),
         ("reward.normalize=per_group", "reward.normalize: expected none or per_term, got 'per_group'"),
@@ -132,15 +133,11 @@ def test_tis_cap_needs_the_static_engines_log_probs():
 
 def test_every_toolkit_option_is_off_by_default():
     g, r = load_config(None, REQUIRED).grpo, load_config(None, REQUIRED).reward
-    assert (
-        g.advantage,
-        g.mask_truncated,
-        g.entropy_coef,
-        g.tis_cap,
-    ) == (
+    assert (g.advantage, g.dynamic_sampling, g.mask_truncated, g.entropy_coef, g.tis_cap) == (
         None,
+        False,
         False,
         0.0,
         None,
     )
-    assert r.normalize == "none" and r.overlong_penalty is None
+    assert (r.normalize, r.overlong_penalty) == ("none", None)
