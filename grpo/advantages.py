@@ -5,9 +5,15 @@ reward is than the other completions of the same prompt. No critic is learned: t
 
 Rewards arrive flat, shape ``(B*G,)``, grouped contiguously: completion ``j`` of prompt ``i`` sits at
 index ``i*G + j`` (the layout ``generate(num_return_sequences=G)`` produces).
+
+``ESTIMATORS`` is the registry the config key ``grpo.advantage`` picks from: eq. (2) and three published
+variants, each ``(rewards, group_size, batch_var) -> advantages``. ``per_term_rewards`` is the
+``reward.normalize=per_term`` input to them: every reward term normalised within its group first.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -56,6 +62,62 @@ def group_advantages(
     no_spread = groups.amax(dim=1, keepdim=True) == groups.amin(dim=1, keepdim=True)
     advantages = torch.where(no_spread, torch.zeros_like(advantages), advantages)
     return advantages.reshape(rewards.shape)
+
+
+def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """REINFORCE leave-one-out (Ahmadian et al., 2024): each completion's baseline is the mean reward of the
+    *other* G - 1 completions of its group, ``A_i = r_i - mean_{j != i} r_j = G / (G - 1) * (r_i - mean)``.
+
+    Its baseline does not include the sample itself, so the estimate of the policy gradient is unbiased; it is
+    Dr. GRPO's centring scaled by ``G / (G - 1)``, with no division by a spread. A group whose rewards are all
+    equal gives exactly 0, as does a group of one (no other completion to compare with)."""
+    centered = group_advantages(rewards, group_size, scale="none")
+    return centered * (group_size / (group_size - 1)) if group_size > 1 else centered
+
+
+def group_has_spread(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``(B,)`` bool: whether the rewards of each contiguous group differ at all. A group without spread gets
+    exactly 0 advantage from every estimator below, so it carries no learning signal."""
+    groups = rewards.reshape(-1, group_size)
+    return groups.amax(dim=1) != groups.amin(dim=1)
+
+
+def per_term_rewards(
+    terms: Mapping[str, torch.Tensor], weights: Mapping[str, float], group_size: int, eps: float = 1e-6
+) -> torch.Tensor:
+    """``sum_k w_k * z_k``: each weighted reward term normalised within its group by eq. (2) (``z_k`` is
+    ``group_advantages`` of term ``k``), then weighted and summed; what ``reward.normalize=per_term`` gives
+    the advantage estimator instead of the plain ``sum_k w_k * term_k``.
+
+    Normalising the terms one by one keeps a term with a small spread (the format score once the format is
+    learnt) from being drowned by one with a large spread, and a term that is constant within a group adds
+    exactly 0 there. Every name in ``weights`` must be in ``terms``; terms without a weight are ignored."""
+    missing = [name for name in weights if name not in terms]
+    if missing or not weights:
+        raise ValueError(
+            f"per_term_rewards: the reward returned terms {sorted(terms)} but the weights name "
+            f"{sorted(weights)}"
+        )
+    total = None
+    for name, weight in weights.items():
+        part = weight * group_advantages(terms[name], group_size, eps=eps, scale="group")
+        total = part if total is None else total + part
+    return total
+
+
+# grpo.advantage -> (rewards (B*G,), group_size, batch_var) -> advantages (B*G,). batch_var is the population
+# variance of the whole step's rewards (all micro-batches and ranks), computed only for POOLED estimators.
+ESTIMATORS: dict[str, Callable[[torch.Tensor, int, float | None], torch.Tensor]] = {
+    "group": lambda rewards, g, batch_var=None: group_advantages(rewards, g, scale="group"),  # eq. (2)
+    "no_std": lambda rewards, g, batch_var=None: group_advantages(rewards, g, scale="none"),  # Dr. GRPO
+    "rloo": lambda rewards, g, batch_var=None: rloo_advantages(rewards, g),
+    "batch": lambda rewards, g, batch_var=None: group_advantages(
+        rewards, g, scale="batch", batch_var=batch_var
+    ),
+}
+POOLED = frozenset({"batch"})
+# grpo.adv_scale, the older key, -> the estimator each of its values meant
+ADV_SCALE_ESTIMATORS = {"group": "group", "batch": "batch", "none": "no_std"}
 
 
 def pooled_variance(count: float, total: float, total_sq: float) -> float:

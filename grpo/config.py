@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from data.prompts import PromptConfig  # the prompt texts: system turn and instruction
-from grpo.advantages import SCALES
+from grpo.advantages import ADV_SCALE_ESTIMATORS, ESTIMATORS, SCALES
 from grpo.loss import AGGREGATIONS, load_loss
 from model.engine import ENGINES, SamplingParams, make_engine
 from model.generation import sampling_params
@@ -130,7 +130,7 @@ class SamplingConfig:
     top_p: float = 1.0
     max_new_tokens: int = 256
     min_new_tokens: int = 0  # > 0 suppresses EOS before that many tokens (benchmarks force a fixed length)
-    mask_truncated: bool = False  # drop completions that hit max_new_tokens without EOS from the loss
+    mask_truncated: bool = False  # the older name of grpo.mask_truncated: either one turns it on
     # never sample tokens whose text is not ASCII (byte pieces that alone decode to U+FFFD, other scripts,
     # the output rows past the tokenizer): for English-only data, where the policy never learnt them
     ascii_only: bool = False
@@ -171,6 +171,19 @@ class GRPOConfig:
     loss: str = "grpo"  # grpo (eq. 1) | package.module:function, a plug-in loss (docs/extending.md)
     aggregation: str = "sequence"  # sequence (paper) | token (DAPO) | dr_grpo; over the whole step's tokens
     adv_scale: str = "group"  # group (eq. 2) | batch (std over the step's batch, all ranks) | none
+    # the advantage estimator (grpo/advantages.py ESTIMATORS): group (eq. 2) | no_std (Dr. GRPO: centred,
+    # not scaled) | rloo (leave-one-out baseline) | batch (the step's spread); None: the one adv_scale names,
+    # the older key (group -> group, batch -> batch, none -> no_std; adv_scale=group defers to this key)
+    advantage: str | None = None
+    # DAPO's dynamic sampling (grpo/experience.py): groups whose rewards are all equal are dropped and more
+    # studies drawn, at most max_resample_rounds more draws per step; then dropped groups fill the batch
+    dynamic_sampling: bool = False
+    max_resample_rounds: int = 3
+    mask_truncated: bool = False  # completions that hit max_new_tokens without EOS are left out of the loss
+    entropy_coef: float = 0.0  # bonus + coef * (policy's token entropy) in the loss; 0: only logged (paper)
+    # truncated importance sampling: each token's surrogate x min(pi_train / pi_engine, tis_cap), with the
+    # log-probs the rollout engine returns (static engine); None: off
+    tis_cap: float | None = None
     kl_clamp: float | None = None  # bound |ref - logp| inside the k3 KL to this; None: unbounded (paper)
     num_iterations: int = 1  # optimizer passes over each batch of rollouts (mu); 1: old policy = policy
     # tokens per chunk of the output projection in the log-prob pass; None: 2**24 / vocab (a 64 MB fp32
@@ -180,6 +193,11 @@ class GRPOConfig:
     # values and gradients, P*(G-1) fewer positions per prompt); false, or gradient checkpointing (which
     # turns the cache off): every row runs prompt + completion
     prompt_once: bool = True
+
+    @property
+    def estimator(self) -> str:
+        """The advantage estimator of the run: ``advantage``, or the one ``adv_scale`` names."""
+        return self.advantage or ADV_SCALE_ESTIMATORS[self.adv_scale]
 
 
 @dataclass
@@ -191,6 +209,9 @@ class RewardConfig:
     margin: float | None = None  # MCCS margin m of eq. (6); None: rewards.mccs.DEFAULT_MARGIN
     blank_match: bool = False  # score 1 when both label vectors are all blank (eq. 5 gives 0)
     uncertain_as: str = "positive"  # for the CE-F1 reward
+    # none: advantages of the weighted total | per_term: each term normalised within its group first (eq. 2)
+    normalize: str = "none"
+    overlong_penalty: int | None = None  # L: DAPO's soft penalty, 0 to -1 over the budget's last L tokens
 
 
 @dataclass
@@ -284,6 +305,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.eight_bit": ("auto", "on", "off"),
     "reward.labeler": LABELER_NAMES,  # rewards/labeling.py
     "reward.uncertain_as": ("positive", "negative"),
+    "reward.normalize": ("none", "per_term"),  # grpo/experience.py
     "log.tensorboard": ("auto", "on", "off"),
     "data.verify_images": ("none", "header", "full"),
 }
@@ -491,6 +513,7 @@ def validate(cfg: TrainConfig) -> None:
         load_loss(g.loss)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    _check_toolkit(cfg)
     _require(g.num_iterations >= 1, f"grpo.num_iterations: must be >= 1, got {g.num_iterations}")
     _require(
         cfg.save_every % g.num_iterations == 0,
@@ -538,6 +561,35 @@ def validate(cfg: TrainConfig) -> None:
             "reward.labeler=chexbert needs reward.chexbert_path and reward.chexbert_tokenizer",
         )
     _require(r.margin is None or -1 < r.margin < 1, f"reward.margin: m must be in (-1, 1), got {r.margin}")
+
+
+def _check_toolkit(cfg: TrainConfig) -> None:
+    """The estimator, dynamic sampling, overlong, entropy and TIS options (docs/extending.md)."""
+    s, g, r = cfg.sampling, cfg.grpo, cfg.reward
+    names = tuple(ESTIMATORS)
+    _require(
+        g.advantage is None or g.advantage in names,
+        f"grpo.advantage: expected {_one_of(names)} (or null), got {g.advantage!r}",
+    )
+    _require(
+        g.advantage is None or g.adv_scale == "group" or ADV_SCALE_ESTIMATORS[g.adv_scale] == g.advantage,
+        f"grpo.advantage={g.advantage} and grpo.adv_scale={g.adv_scale} disagree: grpo.adv_scale is the "
+        f"older key (none means no_std); set grpo.advantage alone",
+    )
+    _require(
+        g.max_resample_rounds >= 0, f"grpo.max_resample_rounds: must be >= 0, got {g.max_resample_rounds}"
+    )
+    _require(g.entropy_coef >= 0, f"grpo.entropy_coef: must be >= 0, got {g.entropy_coef}")
+    _require(g.tis_cap is None or g.tis_cap > 0, f"grpo.tis_cap: must be > 0, got {g.tis_cap}")
+    _require(
+        g.tis_cap is None or s.engine == "static",
+        f"grpo.tis_cap needs the rollout engine's log-probs: sampling.engine=static, got {s.engine}",
+    )
+    _require(
+        r.overlong_penalty is None or 1 <= r.overlong_penalty <= s.max_new_tokens,
+        f"reward.overlong_penalty: must be in [1, sampling.max_new_tokens={s.max_new_tokens}], got "
+        f"{r.overlong_penalty}",
+    )
 
 
 # ------------------------------------------------------------------------------------- config drift

@@ -40,6 +40,10 @@ def gspo_loss(batch: LossInputs, cfg) -> tuple[torch.Tensor, dict[str, torch.Ten
         )
     if cfg.beta > 0 and batch.ref_logp is None:
         raise ValueError(f"gspo_loss: ref_logp is None but beta={cfg.beta}")
+    if (
+        cfg.tis_cap is not None or cfg.entropy_coef > 0
+    ):  # token-level options of grpo_loss: not silently dropped
+        raise ValueError("gspo_loss: grpo.tis_cap and grpo.entropy_coef apply to grpo_loss only")
     eps_low = cfg.eps_low
     eps_high = eps_low if cfg.eps_high is None else cfg.eps_high
     zero = torch.zeros((), dtype=batch.logp.dtype, device=batch.logp.device)

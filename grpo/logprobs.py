@@ -51,7 +51,8 @@ def token_logprobs_from_hidden(
     chunk_size: int = 1024,
     bias: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
-) -> torch.Tensor:
+    entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs ``log_softmax((hidden @ weight.T + bias) / temperature).gather(targets)``.
 
     Args:
@@ -64,10 +65,15 @@ def token_logprobs_from_hidden(
         bias: optional ``(V,)`` output bias.
         mask: optional ``(N, T)``; only its true/nonzero positions are computed (padding after EOS costs
             nothing, and its target ids are not even checked) and the others return 0 with no gradient.
+        entropy: also return the entropy ``H = -sum_v p_v log p_v`` of each position's distribution (the
+            same tempered softmax), from the same chunk's logits, with its gradient: the full-vocabulary
+            distribution is never held for more than one chunk. It costs one more ``(chunk, V)`` tensor
+            while a chunk is recomputed in the backward pass.
 
-    Returns ``(N, T)`` float32. The projection runs in the inputs' dtype (bf16 stays bf16, as in the
-    model's own forward); the softmax runs in float32. Gradients flow to ``hidden``, ``weight`` and
-    ``bias``; the backward recomputes each chunk's logits rather than keeping them.
+    Returns ``(N, T)`` float32, or ``(log-probs, entropies)`` with ``entropy``. The projection runs in the
+    inputs' dtype (bf16 stays bf16, as in the model's own forward); the softmax runs in float32. Gradients
+    flow to ``hidden``, ``weight`` and ``bias``; the backward recomputes each chunk's logits rather than
+    keeping them.
     """
     if hidden.dim() != 3:
         raise ValueError(f"token_logprobs_from_hidden: hidden must be (N, T, H), got {tuple(hidden.shape)}")
@@ -108,24 +114,37 @@ def token_logprobs_from_hidden(
             bias,
             flat_targets[start : start + chunk_size],
             temperature,
+            entropy,
         )
         for start in range(0, flat_hidden.shape[0], chunk_size)
     ]
-    values = _concat(pieces, hidden.device)
-    if positions is not None:
-        values = torch.zeros(n * t, dtype=torch.float32, device=hidden.device).index_copy(
-            0, positions, values
-        )
-    return values.reshape(n, t)
+    outputs = zip(*pieces) if entropy else [pieces]  # with entropy each chunk gives (log-probs, entropies)
+    results = []
+    for parts in outputs:
+        values = _concat(list(parts), hidden.device)
+        if positions is not None:
+            values = torch.zeros(n * t, dtype=torch.float32, device=hidden.device).index_copy(
+                0, positions, values
+            )
+        results.append(values.reshape(n, t))
+    if entropy and not results:  # no tokens at all: zip(*[]) is empty
+        results = [torch.zeros(n, t, dtype=torch.float32, device=hidden.device)] * 2
+    return tuple(results) if entropy else results[0]
 
 
-def _logits_to_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
-    """One chunk: ``(M, V)`` logits -> ``(M,)`` float32 log-probs of ``targets``."""
+def _logits_to_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float, entropy: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """One chunk: ``(M, V)`` logits -> ``(M,)`` float32 log-probs of ``targets`` (and ``(M,)`` entropies)."""
     scaled = logits.float()
     if temperature != 1.0:
         scaled = scaled / temperature
     picked = scaled.gather(1, targets.unsqueeze(1)).squeeze(1)
-    return picked - torch.logsumexp(scaled, dim=1)
+    normaliser = torch.logsumexp(scaled, dim=1)
+    if not entropy:
+        return picked - normaliser
+    # H = logsumexp(z) - sum_v softmax(z)_v * z_v: one softmax of the chunk, no log-softmax kept beside it
+    return picked - normaliser, normaliser - (torch.softmax(scaled, dim=1) * scaled).sum(dim=1)
 
 
 def _hidden_to_logprobs(
@@ -134,8 +153,10 @@ def _hidden_to_logprobs(
     bias: torch.Tensor | None,
     targets: torch.Tensor,
     temperature: float,
-) -> torch.Tensor:
-    return _logits_to_logprobs(torch.nn.functional.linear(hidden, weight, bias), targets, temperature)
+    entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    logits = torch.nn.functional.linear(hidden, weight, bias)
+    return _logits_to_logprobs(logits, targets, temperature, entropy)
 
 
 def _maybe_checkpoint(function, *args):

@@ -22,6 +22,7 @@ the batch's own counts and the share is the whole loss of a one-batch step.
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,6 +43,8 @@ class LossInputs:
     max_length: int | None = None  # the dr_grpo constant (the generation budget); None: mask.shape[1]
     step_tokens: float | None = None  # real tokens in the whole optimizer step (all micro-batches, ranks)
     step_sequences: float | None = None  # completions in the whole optimizer step
+    sample_logp: torch.Tensor | None = None  # the rollout engine's log-probs of the tokens; None: hf engine
+    entropy: torch.Tensor | None = None  # the policy's entropy at each token (nats, with grad)
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, clamp: float | None = None) -> torch.Tensor:
@@ -89,6 +92,23 @@ def clipped_surrogate(
     return torch.minimum(ratio * adv, clipped_ratio * adv)
 
 
+def tis_weights(old_logp: torch.Tensor, sample_logp: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance sampling (Yao et al., 2025): per token ``min(pi_train / pi_engine, cap)``,
+    detached.
+
+    The rollout engine samples with its own kernels (a merged LoRA, a static cache, bf16), so the policy the
+    tokens came from, ``pi_engine`` (``sample_logp``), is not exactly the one the training pass computes,
+    ``pi_train`` (``old_logp``: the sampling policy recomputed by the training pass). Multiplying each
+    token's surrogate by their ratio makes the update on-policy for ``pi_train`` again; the cap bounds the
+    variance that a token the engine found far less likely would add. The weight is a constant of the loss
+    (no gradient flows through it)."""
+    if not cap > 0:
+        raise ValueError(f"tis_weights: cap must be > 0, got {cap!r}")
+    _check_same_shape("tis_weights", old_logp=old_logp, sample_logp=sample_logp)
+    # the cap in log space: a large log-ratio never overflows exp()
+    return torch.exp((old_logp - sample_logp).detach().clamp(max=math.log(cap)))
+
+
 def grpo_loss(batch: LossInputs, cfg) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The negative of eq. (1)'s objective for one micro-batch, and detached statistics of it.
 
@@ -102,6 +122,10 @@ def grpo_loss(batch: LossInputs, cfg) -> tuple[torch.Tensor, dict[str, torch.Ten
             ``"sequence"`` (the paper): mean over each sequence's real tokens, then mean over sequences;
             ``"token"`` (DAPO): sum over all real tokens / their count;
             ``"dr_grpo"`` (Dr. GRPO): sum over all real tokens / (N * max_length).
+        tis_cap: ``C``; each token's surrogate is multiplied by :func:`tis_weights` (``batch.sample_logp``
+            needed); None: off.
+        entropy_coef: weight of a bonus ``+ entropy_coef * H_it`` on each token's objective
+            (``batch.entropy``, the policy's entropy, needed when > 0); 0: off (the paper).
 
     With ``batch.step_tokens`` / ``batch.step_sequences`` set, the count and N above are the whole
     optimizer step's (all micro-batches, all ranks) and the result is this batch's share of the step loss.
@@ -110,8 +134,9 @@ def grpo_loss(batch: LossInputs, cfg) -> tuple[torch.Tensor, dict[str, torch.Ten
         ``(loss, stats)``. ``stats`` holds 0-d float32 tensors, detached and never synced here, all
         over real tokens only: ``kl`` (mean k3; absent when ``ref_logp`` is None), ``clip_frac_low``
         (share of tokens with ``A < 0`` and ``r < 1 - eps_low``), ``clip_frac_high`` (``A > 0`` and
-        ``r > 1 + eps_high``), ``clip_frac`` (their sum), ``ratio_mean``, ``adv_mean``, and ``tokens``
-        (the number of real tokens). A sequence without real tokens adds 0 to the loss.
+        ``r > 1 + eps_high``), ``clip_frac`` (their sum), ``ratio_mean``, ``adv_mean``, ``tokens``
+        (the number of real tokens) and, with ``tis_cap``, ``tis_weight_mean``. A sequence without real
+        tokens adds 0 to the loss.
     """
     eps_low, beta, aggregation = cfg.eps_low, cfg.beta, cfg.aggregation
     eps_high = _check_clip(eps_low, cfg.eps_high)
@@ -133,6 +158,17 @@ def grpo_loss(batch: LossInputs, cfg) -> tuple[torch.Tensor, dict[str, torch.Ten
     adv = torch.where(real, _per_token_advantages("grpo_loss", batch.advantages, logp), zero)
 
     objective = clipped_surrogate(logp, old_logp, adv, eps_low, eps_high)
+    tis = None
+    if cfg.tis_cap is not None:
+        if batch.sample_logp is None:
+            raise ValueError("grpo_loss: tis_cap needs the engine's log-probs (sampling.engine=static)")
+        sample_logp = torch.where(real, batch.sample_logp, zero)
+        tis = torch.where(real, tis_weights(old_logp, sample_logp, cfg.tis_cap), torch.ones_like(logp))
+        objective = objective * tis
+    if cfg.entropy_coef > 0:
+        if batch.entropy is None:
+            raise ValueError(f"grpo_loss: entropy_coef={cfg.entropy_coef} but batch.entropy is None")
+        objective = objective + cfg.entropy_coef * torch.where(real, batch.entropy, zero)
     kl = None
     if ref_logp is not None:
         kl = kl_k3(logp, torch.where(real, ref_logp, zero), clamp=cfg.kl_clamp)
@@ -142,6 +178,8 @@ def grpo_loss(batch: LossInputs, cfg) -> tuple[torch.Tensor, dict[str, torch.Ten
     loss = -_aggregate(objective, real, aggregation, max_length, batch.step_tokens, batch.step_sequences)
 
     stats = _step_stats(logp, old_logp, adv, kl, real, eps_low, eps_high)
+    if tis is not None:
+        stats["tis_weight_mean"] = (tis.detach().float() * real).sum() / real.sum().clamp_min(1)
     return loss, stats
 
 

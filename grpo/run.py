@@ -176,10 +176,11 @@ class Run:
         completion_ids: torch.Tensor,
         mask: torch.Tensor,
         temperature: float,
-    ) -> torch.Tensor:
+        entropy: bool = False,
+    ):
         """Per-token log-probs of the completion under ``model``: the text model's final hidden states at the
         positions that predict each completion token, projected to the vocabulary chunk by chunk (never the
-        full (N, T, V) logits, never the prompt positions)."""
+        full (N, T, V) logits, never the prompt positions). With ``entropy``: ``(log-probs, entropies)``."""
         extra = images.model_kwargs() if images is not None else {}
         hidden = language_hidden_states(model, **inputs, **extra)
         hidden = hidden[:, prompt_len - 1 : -1]
@@ -190,6 +191,7 @@ class Run:
             temperature=temperature,
             chunk_size=self.logprob_chunk,
             mask=mask,
+            entropy=entropy,
         )
 
     def optimizer_step(self, sums: dict[str, float] | None = None) -> tuple[float, float]:

@@ -9,9 +9,10 @@ TensorBoard events (``log.tensorboard``, the ``log`` extra) and to Weights & Bia
     loss/<name>          every statistic the loss function returns, averaged over micro-batches and ranks;
                          grpo_loss's (grpo/loss.py): kl (mean per-token k3 to the reference, beta > 0),
                          clip_frac (= clip_frac_low + clip_frac_high, share of clipped tokens),
-                         ratio_mean (1 on a fresh batch of rollouts), adv_mean, tokens
+                         ratio_mean (1 on a fresh batch of rollouts), adv_mean, tokens, tis_weight_mean
+                         (mean truncated importance weight, grpo.tis_cap)
     reward               mean total reward of the step's completions
-    reward/<term>        mean unweighted value of each reward term (mccs, format, cef1, nlg)
+    reward/<term>        mean unweighted value of each reward term (mccs, format, cef1, nlg, overlong)
     reward_std           spread of the total reward over all completions
     adv_std              spread of the advantages (near 0: no learning signal)
     frac_zero_std_groups fraction of groups whose G rewards are all equal (their advantages are exactly 0)
@@ -20,6 +21,10 @@ TensorBoard events (``log.tensorboard``, the ``log`` extra) and to Weights & Bia
     format_ok            fraction of completions with full format compliance (when the reward reports it)
     rollout/logprob_gap  mean |engine log-prob - recomputed log-prob| per completion token (static engine):
                          numerical drift between sampling and the loss, ~0
+    entropy              the policy's mean token entropy (nats) over the completions, from the update pass
+    dynamic/<name>       grpo.dynamic_sampling (grpo/experience.py), sums over ranks: filtered_groups (dropped
+                         for zero spread), refilled_groups (put back when the rounds ran out), sampled_groups,
+                         resample_rounds (extra draws this step)
     grad_norm            gradient norm before clipping
     lr                   learning rate used for the step
     step_time_s          wall time of the step
@@ -84,6 +89,15 @@ def logprob_gap_sum(recomputed: torch.Tensor, sampled: torch.Tensor, mask: torch
     return ((recomputed - sampled).abs() * mask).sum().item()
 
 
+def update_sums(ro, logp: torch.Tensor, entropy: torch.Tensor) -> dict[str, float]:
+    """Sums over one micro-batch of the update pass, per completion token in the row: the policy's entropy
+    and, on the first recomputation of fresh rollouts' tokens (mu = 1), the engine's log-prob gap."""
+    sums = {"entropy": (entropy.detach() * ro.completion_mask).sum().item()}
+    if ro.old_logp is None and ro.sample_logp is not None:  # mu > 1: the old-policy pass measured it
+        sums["logprob_gap"] = logprob_gap_sum(logp.detach(), ro.sample_logp, ro.completion_mask)
+    return sums
+
+
 def examples(ro) -> list[dict]:
     """A few decoded completions of a micro-batch of rollouts with their rewards, for samples.jsonl."""
     G = ro.group_size
@@ -117,8 +131,13 @@ def metrics_row(sums: dict, step: int, grad_norm: float, lr: float, step_time: f
     if "format_ok" in total:
         row["format_ok"] = total["format_ok"] / n
     row["completion_len"] = total.get("completion_tokens", 0.0) / n
+    tokens = max(total.get("completion_tokens", 0.0), 1.0)  # per completion token
     if "logprob_gap" in total:
-        row["rollout/logprob_gap"] = total["logprob_gap"] / max(total.get("completion_tokens", 0.0), 1.0)
+        row["rollout/logprob_gap"] = total["logprob_gap"] / tokens
+    if "entropy" in total:
+        row["entropy"] = total["entropy"] / tokens
+    for key in sorted(k for k in total if k.startswith("dynamic/")):
+        row[key] = total[key]
     row["skipped_images"] = int(total.get("skipped_images", 0.0))
     row["grad_norm"] = grad_norm
     row["lr"] = lr

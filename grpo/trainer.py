@@ -4,10 +4,10 @@ One GRPO optimizer step (docs/design.md, "One GRPO step"); what any run shares (
 drawing, optimizer, loop, log and checkpoints) is grpo/run.py:
 
     draw         grad_accum micro-batches of B studies, their images decoded     (grpo.run, data.sharding)
-    rollout(), no gradients, for each micro-batch:
+    rollout(), no gradients, for each micro-batch (collect: once, or more with grpo.dynamic_sampling):
         sample_group build the B prompts, encode their images once, G completions per study (model/engine)
         score        R = sum_k w_k * term_k                         (rewards.combine.RewardCombiner)
-        advantages   eq. (2), per group; adv_scale=batch: over the step's whole batch, all ranks
+        advantages   eq. (2) per group, or the estimator grpo.advantage names            (grpo.experience)
         log-probs    reference (beta > 0) and old policy (mu > 1), completion positions only, chunked
     grpo_update(), num_iterations (mu) times per rollout:
         for each micro-batch: policy log-probs -> loss_fn (eq. 1) -> backward   (DDP no_sync but the last)
@@ -21,64 +21,25 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from data.batching import append_completion, repeat_for_group
 from data.r2gen import Sample
-from grpo import distributed
-from grpo.advantages import group_advantages, pooled_variance
+from grpo import distributed, experience
 from grpo.config import TrainConfig
 from grpo.faults import StepFailed, describe_exception
 from grpo.logprobs import token_logprobs_from_hidden
 from grpo.loss import LossInputs, load_loss
+from grpo.rollout import Rollout
 from grpo.run import Run
-from grpo.run_log import examples, logprob_gap_sum, rollout_stats
+from grpo.run_log import examples, logprob_gap_sum, update_sums
 from model.generation import Completions, split_completions
 from model.loading import ImageFeatures, completion_hidden_states, lm_head_weight, unwrap_model
 from model.lora import reference_policy
 from rewards.combine import RewardOutput, RewardTermError, build_reward
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Rollout:
-    """One micro-batch of sampled completions, filled in by the rollout's steps, and what the loss needs."""
-
-    samples: list[Sample]
-    prompts: dict[str, torch.Tensor]  # the B prompts (no pixels: see `prompt_images`)
-    prompt_images: ImageFeatures | None  # the B prompts' images, encoded once
-    images_per_prompt: list[int]
-    group_size: int  # G: completion j of prompt i is row i*G + j
-    prompt_len: int
-    completion_ids: torch.Tensor  # (B*G, T)
-    completion_mask: torch.Tensor  # (B*G, T) bool, EOS included
-    truncated: torch.Tensor  # (B*G,) bool: no EOS within max_new_tokens
-    sample_logp: torch.Tensor | None  # (B*G, T) the engine's own log-probs of the tokens (None: hf engine)
-    loss_mask: torch.Tensor  # completion_mask, minus truncated rows when sampling.mask_truncated
-    texts: list[str] = field(default_factory=list)  # decoded completions
-    scored: RewardOutput | None = None
-    rewards: torch.Tensor | None = None  # (B*G,) total reward
-    advantages: torch.Tensor | None = None  # (B*G,)
-    ref_logp: torch.Tensor | None = None  # (B*G, T), when beta > 0
-    old_logp: torch.Tensor | None = None  # (B*G, T), when num_iterations > 1
-    stats: dict[str, float] = field(default_factory=dict)  # sums over this micro-batch; time/<phase>
-
-    @property
-    def inputs(self) -> dict[str, torch.Tensor]:
-        """Prompt + completion, B*G rows (no pixels: see `images`), for passes over full rows."""
-        rows = repeat_for_group(self.prompts, self.group_size)
-        return append_completion(rows, self.completion_ids, self.completion_mask)
-
-    @property
-    def images(self) -> ImageFeatures | None:
-        """`prompt_images` repeated for the B*G rows of `inputs`."""
-        if self.prompt_images is None:
-            return None
-        return self.prompt_images.repeat_per_prompt(self.images_per_prompt, self.group_size)
 
 
 class Trainer(Run):
@@ -105,6 +66,8 @@ class Trainer(Run):
         self.reward = reward_fn
         self._reward_failure: tuple[str, str] | None = None  # (term, "Type: message") of this step
         self.loss_fn = loss_fn or load_loss(cfg.grpo.loss)
+        # (trainer, micro_batches) -> sampled and scored Rollouts: one round, or DAPO's dynamic sampling
+        self.collect = experience.collector(cfg)
         self.rollouts: list[Rollout] = []
         super().__init__(cfg, resume, policy, allow_config_change, overwrite)
 
@@ -162,9 +125,7 @@ class Trainer(Run):
     @torch.no_grad()
     def rollout(self, micro_batches: list[list[Sample]]) -> list[Rollout]:
         """The experience of one optimizer step, one Rollout per micro-batch (no gradients)."""
-        rollouts = [self.sample_group(samples) for samples in micro_batches]
-        for ro in rollouts:
-            self.score(ro)
+        rollouts = self.collect(self, micro_batches)  # sample_group and score, one round or more
         self.set_advantages(rollouts)
         for ro in rollouts:
             self.reference_and_old_logprobs(ro)
@@ -175,7 +136,8 @@ class Trainer(Run):
         t = time.perf_counter()
         prompts, images, counts = self._encode_prompts(samples)
         out = self.generate(prompts, images)
-        loss_mask = out.mask & ~out.truncated[:, None] if self.cfg.sampling.mask_truncated else out.mask
+        drop_truncated = self.cfg.grpo.mask_truncated or self.cfg.sampling.mask_truncated  # (its older name)
+        loss_mask = out.mask & ~out.truncated[:, None] if drop_truncated else out.mask
         return Rollout(
             samples=samples,
             prompts=prompts,
@@ -224,20 +186,9 @@ class Trainer(Run):
         ro.stats["time/reward"] = time.perf_counter() - t
 
     def set_advantages(self, rollouts: list[Rollout]) -> None:
-        """Eq. (2) within each group. With adv_scale=batch the spread is that of the step's whole batch,
-        all micro-batches on all ranks, as a single process holding the batch would compute it."""
-        g = self.cfg.grpo
-        batch_var = None
-        if g.adv_scale == "batch":
-            rewards = torch.cat([ro.rewards for ro in rollouts]).double()
-            moments = {"n": rewards.numel(), "sum": rewards.sum().item(), "sq": rewards.pow(2).sum().item()}
-            moments = distributed.all_reduce_sums(moments, self.dist.device)
-            batch_var = pooled_variance(moments["n"], moments["sum"], moments["sq"])
-        for ro in rollouts:
-            ro.advantages = group_advantages(
-                ro.rewards, ro.group_size, scale=g.adv_scale, batch_var=batch_var
-            )
-            ro.stats.update(rollout_stats(ro))
+        """Eq. (2) within each group, or the estimator grpo.advantage names; a pooled one (batch) uses the
+        spread of the step's whole batch, all micro-batches on all ranks (grpo/experience.py)."""
+        experience.set_advantages(rollouts, self.cfg, self.dist.device)
 
     def reference_and_old_logprobs(self, ro: Rollout) -> None:
         """Log-probs under the frozen reference (for the KL, beta > 0) and under the policy that sampled
@@ -254,19 +205,15 @@ class Trainer(Run):
 
     # ---------------------------------------------------------------------------------------- update
 
-    def _rollout_logprobs(self, model, ro: Rollout) -> torch.Tensor:
-        """The completions' per-token log-probs under ``model``: each prompt once (``grpo.prompt_once``) or
-        every row's prompt + completion."""
+    def _rollout_logprobs(self, model, ro: Rollout, entropy: bool = False):
+        """The completions' per-token log-probs under ``model`` (with ``entropy``: and the entropy of each
+        token's distribution, from the same chunks): each prompt once (``grpo.prompt_once``) or every row's
+        prompt + completion."""
         if not self.prompt_once:
             return self.completion_logprobs(
-                model,
-                ro.inputs,
-                ro.images,
-                ro.prompt_len,
-                ro.completion_ids,
-                ro.completion_mask,
-                self.cfg.sampling.temperature,
-            )
+                model, ro.inputs, ro.images, ro.prompt_len, ro.completion_ids, ro.completion_mask,
+                self.cfg.sampling.temperature, entropy=entropy,
+            )  # fmt: skip
         hidden = completion_hidden_states(
             model, ro.prompts, ro.prompt_images, ro.completion_ids, ro.completion_mask, ro.group_size
         )
@@ -277,6 +224,7 @@ class Trainer(Run):
             temperature=self.cfg.sampling.temperature,
             chunk_size=self.logprob_chunk,
             mask=ro.completion_mask,
+            entropy=entropy,
         )
 
     def grpo_update(self, rollouts: list[Rollout]) -> dict[str, float]:
@@ -295,8 +243,9 @@ class Trainer(Run):
         sums = {"loss": 0.0, "micro_batches": float(len(rollouts))}
         for k, ro in enumerate(rollouts):
             with self._no_sync(last=k == len(rollouts) - 1):
+                logp, entropy = self._rollout_logprobs(self._forward_model(True), ro, entropy=True)
                 batch = LossInputs(
-                    logp=self._rollout_logprobs(self._forward_model(True), ro),
+                    logp=logp,
                     old_logp=ro.old_logp,
                     ref_logp=ro.ref_logp,
                     advantages=ro.advantages,
@@ -304,13 +253,14 @@ class Trainer(Run):
                     max_length=self.cfg.sampling.max_new_tokens,
                     step_tokens=counts["tokens"],
                     step_sequences=counts["sequences"],
+                    sample_logp=ro.sample_logp,
+                    entropy=entropy,
                 )
                 loss, stats = self.loss_fn(batch, self.cfg.grpo)
                 with distributed.collective("DDP gradient all-reduce (backward)"):
                     (loss * world).backward()
-            if ro.old_logp is None and ro.sample_logp is not None:  # mu = 1: this is the first recomputation
-                gap = logprob_gap_sum(batch.logp.detach(), ro.sample_logp, ro.completion_mask)
-                sums["logprob_gap"] = sums.get("logprob_gap", 0.0) + gap
+            for name, value in update_sums(ro, logp, entropy).items():  # entropy, rollout/logprob_gap
+                sums[name] = sums.get(name, 0.0) + value
             sums["loss"] += loss.item()
             for name, value in stats.items():
                 sums[f"loss/{name}"] = sums.get(f"loss/{name}", 0.0) + float(value)

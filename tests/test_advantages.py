@@ -5,7 +5,15 @@ import math
 import pytest
 import torch
 
-from grpo.advantages import group_advantages
+from grpo.advantages import (
+    ADV_SCALE_ESTIMATORS,
+    ESTIMATORS,
+    POOLED,
+    group_advantages,
+    group_has_spread,
+    per_term_rewards,
+    rloo_advantages,
+)
 
 
 def test_hand_computed_group_matches_eq2_population_std_with_eps_in_root():
@@ -105,3 +113,65 @@ def test_group_of_one_has_no_relative_signal():
 def test_bad_shapes_grouping_and_options_raise_a_clear_value_error(rewards, group_size, kwargs, message):
     with pytest.raises(ValueError, match=message):
         group_advantages(rewards, group_size, **kwargs)
+
+
+# ------------------------------------------------------------------ the estimator registry (grpo.advantage)
+
+
+def test_rloo_baseline_is_the_mean_of_the_other_completions_hand_computed():
+    rewards = torch.tensor([1.0, 0.75, 0.25, 0.0], dtype=torch.float64)
+    # completion 0: 1 - (0.75 + 0.25 + 0) / 3 = 2/3; completion 3: 0 - (1 + 0.75 + 0.25) / 3 = -2/3
+    expected = torch.tensor([2 / 3, 1 / 3, -1 / 3, -2 / 3], dtype=torch.float64)
+    torch.testing.assert_close(rloo_advantages(rewards, 4), expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(ESTIMATORS["rloo"](rewards, 4, None), expected, rtol=0, atol=1e-12)
+
+
+def test_no_std_only_centres_and_batch_divides_by_the_given_batch_variance():
+    rewards = torch.tensor([1.0, 0.0, 0.5, 0.5], dtype=torch.float64)
+    centred = torch.tensor([0.5, -0.5, 0.0, 0.0], dtype=torch.float64)
+    torch.testing.assert_close(ESTIMATORS["no_std"](rewards, 2, None), centred)
+    # a batch variance of 0.25 - 1e-6 (from other micro-batches and ranks): sqrt(0.25) = 0.5 -> +-1
+    torch.testing.assert_close(ESTIMATORS["batch"](rewards, 2, 0.25 - 1e-6), centred / 0.5)
+    assert ESTIMATORS["group"](rewards, 2, None)[0].item() == pytest.approx(1.0, abs=1e-5)  # eq. (2)
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_every_estimator_gives_exact_zero_to_a_group_without_spread(name):
+    rewards = torch.tensor([0.9, 0.9, 0.9, 0.2, 0.7, 0.4])
+    got = ESTIMATORS[name](rewards, 3, 0.05)
+    assert torch.equal(got[:3], torch.zeros(3)) and got[3:].abs().min() > 0
+    assert group_has_spread(rewards, 3).tolist() == [False, True]
+
+
+def test_the_older_adv_scale_names_map_onto_estimators():
+    assert ADV_SCALE_ESTIMATORS == {"group": "group", "batch": "batch", "none": "no_std"}
+    assert set(ADV_SCALE_ESTIMATORS.values()) <= set(ESTIMATORS) and POOLED.issubset(ESTIMATORS)
+
+
+# --------------------------------------------------------------- reward.normalize=per_term
+
+
+def test_per_term_normalises_each_term_in_its_group_before_the_weighted_sum_hand_computed():
+    # two groups of 2: in the first both terms separate the completions; in the second mccs is constant
+    terms = {
+        "mccs": torch.tensor([0.8, 0.2, 0.5, 0.5], dtype=torch.float64),
+        "format": torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=torch.float64),
+    }
+    got = per_term_rewards(terms, {"mccs": 0.75, "format": 0.25}, 2)
+    z_mccs = 0.3 / math.sqrt(0.09 + 1e-6)  # deviation 0.3, population variance 0.09
+    z_format = 0.5 / math.sqrt(0.25 + 1e-6)
+    first = 0.75 * z_mccs + 0.25 * z_format
+    expected = torch.tensor([first, -first, 0.25 * z_format, -0.25 * z_format], dtype=torch.float64)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    # each term weighs by its weight alone: its own spread (0.3 for mccs, 0.5 for format) no longer counts
+
+
+def test_per_term_ignores_unweighted_terms_and_names_missing_ones():
+    terms = {"mccs": torch.tensor([0.0, 1.0]), "extra": torch.tensor([5.0, -5.0])}
+    torch.testing.assert_close(
+        per_term_rewards(terms, {"mccs": 2.0}, 2), torch.tensor([-2.0, 2.0]), atol=1e-5, rtol=0
+    )
+    with pytest.raises(
+        ValueError, match=r"terms \['extra', 'mccs'\] but the weights name \['format', 'mccs'\]"
+    ):
+        per_term_rewards(terms, {"mccs": 0.75, "format": 0.25}, 2)

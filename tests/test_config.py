@@ -52,6 +52,16 @@ def test_int_and_exponent_strings_are_accepted_where_a_float_is_declared():
         ("grpo.loss=gspo", "grpo.loss: expected grpo or module:function"),
         ("grpo.loss=grpo.nowhere:loss", "grpo.loss: cannot load 'grpo.nowhere:loss'"),
         ("grpo.loss=grpo.gspo:no_such_loss", "grpo.loss: cannot load"),
+        ("grpo.advantage=ppo", "grpo.advantage: expected group, no_std, rloo or batch"),
+        ("grpo.max_resample_rounds=-1", "grpo.max_resample_rounds: must be >= 0, got -1"),
+        ("grpo.entropy_coef=-0.01", "grpo.entropy_coef: must be >= 0"),
+        ("grpo.tis_cap=0", "grpo.tis_cap: must be > 0, got 0.0"),
+        ("reward.normalize=per_group", "reward.normalize: expected none or per_term, got 'per_group'"),
+        ("reward.overlong_penalty=0", "reward.overlong_penalty: must be in [1, sampling.max_new_tokens=256]"),
+        (
+            "reward.overlong_penalty=300",
+            "reward.overlong_penalty: must be in [1, sampling.max_new_tokens=256]",
+        ),
     ],
 )
 def test_bad_values_name_the_key(override, message):
@@ -99,3 +109,35 @@ def test_shipped_configs_load(tmp_path):
         except ConfigError as err:
             assert "is required" in str(err), f"{path.name}: {err}"
             load_config(path, REQUIRED)
+
+
+def test_advantage_estimator_follows_the_older_adv_scale_unless_set_and_a_contradiction_names_both():
+    def estimator(*overrides):
+        return load_config(None, [*REQUIRED, *overrides]).grpo.estimator
+
+    assert estimator() == "group"
+    assert estimator("grpo.adv_scale=none") == "no_std" and estimator("grpo.adv_scale=batch") == "batch"
+    assert estimator("grpo.advantage=rloo") == "rloo"
+    assert estimator("grpo.adv_scale=none", "grpo.advantage=no_std") == "no_std"  # the same estimator twice
+    with pytest.raises(ConfigError, match="grpo.advantage=rloo and grpo.adv_scale=batch disagree"):
+        load_config(None, [*REQUIRED, "grpo.adv_scale=batch", "grpo.advantage=rloo"])
+
+
+def test_tis_cap_needs_the_static_engines_log_probs():
+    assert load_config(None, [*REQUIRED, "grpo.tis_cap=2"]).grpo.tis_cap == 2.0
+    with pytest.raises(
+        ConfigError, match="grpo.tis_cap needs the rollout engine's log-probs: sampling.engine=static"
+    ):
+        load_config(None, [*REQUIRED, "grpo.tis_cap=2", "sampling.engine=hf"])
+
+
+def test_every_toolkit_option_is_off_by_default():
+    g, r = load_config(None, REQUIRED).grpo, load_config(None, REQUIRED).reward
+    assert (g.advantage, g.dynamic_sampling, g.mask_truncated, g.entropy_coef, g.tis_cap) == (
+        None,
+        False,
+        False,
+        0.0,
+        None,
+    )
+    assert (r.normalize, r.overlong_penalty) == ("none", None)

@@ -101,3 +101,27 @@ def test_train_py_runs_under_torchrun_and_rank_zero_writes_the_run(tiny_model_di
     # 2 ranks x 1 study x 2 micro-steps x G=4 completions per step
     assert (run / "final_adapter" / "adapter_model.safetensors").is_file()
     assert (run / "sft" / "final_adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_dynamic_sampling_keeps_the_ranks_in_step_and_every_batch_full(tiny_model_dir, world, tmp_path):
+    """Rank 0's groups mostly have no reward spread, rank 1's all do: rank 0 needs more rounds, both draw
+    them (the same collectives, so no rank waits forever), and each trains on 2 micro-batches of 1 study
+    per step."""
+    out = tmp_path / "result.json"
+    torchrun(
+        ROOT / "tests" / "dynamic_worker.py",
+        out,
+        *overrides(tiny_model_dir, world, tmp_path / "run"),
+        "max_steps=3",
+        "grpo.dynamic_sampling=true",
+        "grpo.max_resample_rounds=3",
+    )
+    result = json.loads(out.read_text())
+    assert result["world_size"] == 2
+    draws = result["draws"]
+    assert draws[0] == draws[1] and len(draws[0]) == 3, draws  # the same rounds on both ranks, every step
+    assert [d - 1 for d in draws[0]] == result["rounds"] and sum(result["rounds"]) >= 1
+    assert result["batches"] == [[[1, 1]] * 3] * 2  # grad_accum micro-batches of prompts_per_device studies
+    assert sum(result["filtered"]) >= 1
+    assert result["max_abs_diff_between_ranks"] == 0.0

@@ -237,3 +237,57 @@ def test_selective_log_softmax_bad_input_raises_a_clear_value_error():
         selective_log_softmax(torch.zeros(4, 10), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\[0, 10\)"):
         selective_log_softmax(torch.zeros(1, 2, 10), torch.tensor([[3, 10]]))
+
+
+# ------------------------------------------------------------------------------- entropy from the chunks
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 1024])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_entropy_from_the_chunks_equals_the_full_softmax_entropy_in_values_and_gradients(
+    chunk_size, temperature
+):
+    """Both outputs at once: a loss that weighs log-probs and entropies gets the naive gradient (masked)."""
+    hidden, weight, bias, targets, upstream = _inputs()
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    mask[1, 4:] = False
+    mask[2, :] = False
+
+    def naive(h, w, b):
+        log_p = (torch.nn.functional.linear(h, w, b).float() / temperature).log_softmax(-1)
+        entropy = -(log_p.exp() * log_p).sum(-1)
+        picked = log_p.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        return torch.where(mask, picked, 0.0), torch.where(mask, entropy, 0.0)
+
+    def chunked(h, w, b):
+        return token_logprobs_from_hidden(
+            h, w, targets, temperature, chunk_size, bias=b, mask=mask, entropy=True
+        )
+
+    results = []
+    for function in (naive, chunked):
+        leaves = [x.detach().clone().requires_grad_() for x in (hidden, weight, bias)]
+        logp, entropy = function(*leaves)
+        (logp * upstream + 0.3 * entropy * upstream.flip(0)).sum().backward()
+        results.append((logp.detach(), entropy.detach(), [leaf.grad for leaf in leaves]))
+    (logp, entropy, grads), (logp_n, entropy_n, grads_n) = results[1], results[0]
+    torch.testing.assert_close(logp, logp_n, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(entropy, entropy_n, rtol=1e-6, atol=1e-6)
+    assert entropy[mask].min() > 0 and entropy[~mask].eq(0).all()
+    for got, expected in zip(grads, grads_n):
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_entropy_of_a_uniform_distribution_is_log_vocab_and_an_empty_mask_gives_zeros():
+    hidden = torch.zeros(1, 2, 4)
+    weight = torch.randn(10, 4)
+    logp, entropy = token_logprobs_from_hidden(
+        hidden, weight, torch.zeros(1, 2, dtype=torch.long), entropy=True
+    )
+    torch.testing.assert_close(entropy, torch.full((1, 2), math.log(10)))
+    torch.testing.assert_close(logp, torch.full((1, 2), -math.log(10)))
+    empty = torch.zeros(1, 2, dtype=torch.bool)
+    logp, entropy = token_logprobs_from_hidden(
+        hidden, weight, torch.zeros(1, 2, dtype=torch.long), mask=empty, entropy=True
+    )
+    assert logp.shape == entropy.shape == (1, 2) and not entropy.any()

@@ -7,7 +7,7 @@ import torch
 
 from grpo.advantages import group_advantages
 from grpo.config import GRPOConfig
-from grpo.loss import LossInputs, clipped_surrogate, grpo_loss, kl_k3
+from grpo.loss import LossInputs, clipped_surrogate, grpo_loss, kl_k3, tis_weights
 
 AGGREGATIONS = ("sequence", "token", "dr_grpo")
 
@@ -403,3 +403,72 @@ def test_grpo_loss_applies_kl_clamp_from_its_config():
     free, free_stats = one_batch_loss(logp, old, ref, adv, mask, beta=0.1)
     bounded, stats = one_batch_loss(logp, old, ref, adv, mask, beta=0.1, kl_clamp=1.0)
     assert stats["kl"] < free_stats["kl"] / 100 and bounded < free
+
+
+# ---------------------------------------------------------------- truncated importance sampling (tis_cap)
+
+
+def test_tis_weights_are_the_capped_train_over_engine_ratio_and_carry_no_gradient():
+    old = torch.tensor([[-1.0, -2.0, -0.5]], requires_grad=True)
+    engine = torch.tensor([[-1.1, -1.8, -1.5]])
+    # exp(0.1) = 1.10517, exp(-0.2) = 0.81873, exp(1.0) = 2.71828 capped at 2
+    got = tis_weights(old, engine, cap=2.0)
+    torch.testing.assert_close(got, torch.tensor([[math.exp(0.1), math.exp(-0.2), 2.0]]))
+    assert not got.requires_grad
+    assert tis_weights(torch.tensor([100.0]), torch.tensor([-100.0]), 3.0).item() == pytest.approx(3.0)
+
+
+def test_tis_cap_reweights_each_tokens_surrogate_and_its_gradient_hand_computed():
+    # fresh rollouts (ratio 1), beta 0, token aggregation over 3 real tokens:
+    # loss = -sum_t w_t * A_i / 3 and d loss / d logp_t = -w_t * A_i / 3
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, 0.0]], requires_grad=True)
+    engine = torch.tensor([[-1.1, -1.8], [-1.5, 7.0]])  # row 2's second token is padding: never read
+    mask = torch.tensor([[True, True], [True, False]])
+    adv = torch.tensor([1.0, -2.0])
+    batch = LossInputs(logp, None, None, adv, mask, sample_logp=engine)
+    loss, stats = grpo_loss(batch, GRPOConfig(beta=0.0, aggregation="token", tis_cap=2.0))
+    w = [math.exp(0.1), math.exp(-0.2), 2.0]
+    assert loss.item() == pytest.approx(-(w[0] + w[1] - 2.0 * w[2]) / 3)
+    loss.backward()
+    expected = torch.tensor([[-w[0] / 3, -w[1] / 3], [2.0 * w[2] / 3, 0.0]])
+    torch.testing.assert_close(logp.grad, expected)
+    assert stats["tis_weight_mean"].item() == pytest.approx(sum(w) / 3)
+    assert stats["ratio_mean"].item() == 1.0  # the clip's ratio is untouched
+
+
+def test_tis_cap_off_gives_the_plain_loss_and_on_needs_the_engine_log_probs():
+    logp, old, ref, adv, mask = _batch()
+    plain, stats = one_batch_loss(logp, old, ref, adv, mask)
+    same = grpo_loss(LossInputs(logp, old, ref, adv, mask, sample_logp=old + 5.0), GRPOConfig())[0]
+    assert same.item() == plain.item() and "tis_weight_mean" not in stats
+    with pytest.raises(ValueError, match="tis_cap needs the engine's log-probs"):
+        one_batch_loss(logp, old, ref, adv, mask, tis_cap=2.0)
+
+
+# ---------------------------------------------------------------------------------- entropy bonus
+
+
+def test_entropy_bonus_adds_coef_times_entropy_to_each_tokens_objective_hand_computed():
+    logp = torch.zeros(2, 2)
+    entropy = torch.tensor([[1.0, 2.0], [3.0, float("nan")]], requires_grad=True)  # NaN on padding: unread
+    mask = torch.tensor([[True, True], [True, False]])
+    adv = torch.zeros(2)
+    batch = LossInputs(logp, None, None, adv, mask, entropy=entropy)
+    loss, _ = grpo_loss(batch, GRPOConfig(beta=0.0, aggregation="sequence", entropy_coef=0.1))
+    # sequence mean: row 1 (1 + 2) / 2 = 1.5, row 2: 3; mean over the 2 rows 2.25; loss = -0.1 * 2.25
+    assert loss.item() == pytest.approx(-0.225)
+    loss.backward()
+    torch.testing.assert_close(entropy.grad, torch.tensor([[-0.025, -0.025], [-0.05, 0.0]]))
+    no_bonus, _ = grpo_loss(batch, GRPOConfig(beta=0.0))
+    assert no_bonus.item() == 0.0
+    with pytest.raises(ValueError, match="entropy_coef=0.1 but batch.entropy is None"):
+        one_batch_loss(logp, None, None, adv, mask, beta=0.0, entropy_coef=0.1)
+
+
+def test_gspo_refuses_the_token_level_options_instead_of_dropping_them():
+    from grpo.gspo import gspo_loss
+
+    logp, old, ref, adv, mask = _batch()
+    for option in ({"tis_cap": 2.0}, {"entropy_coef": 0.01}):
+        with pytest.raises(ValueError, match="apply to grpo_loss only"):
+            gspo_loss(LossInputs(logp, old, ref, adv, mask), GRPOConfig(**option))
