@@ -8,20 +8,26 @@ model cannot, and GRPO then has nothing to select on. This module makes the offl
 2. a small Qwen2.5-VL (`model.tiny`: same classes and code paths as the 7B model, sizes in `BASE_SIZES`)
    with a tokenizer trained on the pretraining reports;
 3. stage 1: the vision tower learns to see through a finding probe (`FindingProbe`, dropped afterwards);
-4. stage 2: every weight on "image(s) -> report" with token cross-entropy (the probe's loss kept on).
+4. stage 2: every weight on "image(s) -> report" with token cross-entropy (the probe's loss kept on);
+   ``finding_sentence_weight`` weighs the tokens of sentences that state a finding (docs/results.md measures
+   what a longer, weighted stage 2 does).
 
 The result is an ordinary checkpoint folder (weights in safetensors, tokenizer, processor, and
 ``base_recipe.json`` recording how it was made). Same recipe and seed -> the same model on a machine.
 The demo then does what the paper does: LoRA SFT, then LoRA GRPO, with the vision tower frozen.
 
     python -m demo.base --out assets/synthetic-base          # rebuild the shipped base (see BaseRecipe)
+    python -m demo.base --out DIR --work-dir W --steps 1600 --finding-sentence-weight 3   # a variant; W
+                                                              # keeps the world and stage 1 for the next one
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -38,6 +44,7 @@ from data.synthetic import generate_world, world_texts
 from model.loading import load_model_and_processor
 from model.optim import cosine_lr_factor
 from model.tiny import TinySizes, build_tiny_model
+from rewards.rules import RuleLabeler
 from rewards.vocabulary import FINDINGS, POSITIVE, UNCERTAIN
 
 logger = logging.getLogger(__name__)
@@ -78,6 +85,7 @@ class BaseRecipe:
     warmup_steps: int = 50
     weight_decay: float = 0.01
     finding_loss_weight: float = 1.0  # weight of the probe's loss in stage 2
+    finding_sentence_weight: float = 1.0  # stage 2: loss weight of the tokens of finding sentences
     seed: int = 0
 
 
@@ -108,6 +116,21 @@ def finding_targets(samples) -> torch.Tensor:
     """(N, 13) float: 1 where a finding is present (positive or uncertain), from the samples' labels."""
     codes = torch.tensor([s.labels[: len(FINDINGS)] for s in samples])
     return ((codes == POSITIVE) | (codes == UNCERTAIN)).float()
+
+
+def finding_token_weights(tokenizer, report: str, weight: float, labeler) -> list[float]:
+    """Per-token loss weights of one report (its stop token included): ``weight`` on the tokens of
+    sentences that state a finding as present or possible, 1 elsewhere."""
+    spans, start = [], 0
+    for sentence in re.split(r"(?<=\.)\s+", report):
+        begin = report.index(sentence, start)
+        start = begin + len(sentence)
+        codes = labeler.label_one(sentence)[: len(FINDINGS)]
+        if ((codes == POSITIVE) | (codes == UNCERTAIN)).any():
+            spans.append((begin, start))
+    offsets = tokenizer(report, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    stated = [any(b < end and start_ < e for b, e in spans) for start_, end in offsets]
+    return [weight if s else 1.0 for s in stated] + [1.0]
 
 
 def _cosine_with_warmup(optimizer, steps: int, warmup: int):
@@ -176,6 +199,10 @@ def pretrain(model, processor, samples, probe, recipe: BaseRecipe, log_every: in
     tokenizer = processor.tokenizer
     stop_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     images = [load_images(s.image_paths) for s in samples]  # decoded once: the world is small
+    labeler = RuleLabeler()
+    token_weights = [
+        finding_token_weights(tokenizer, s.report, recipe.finding_sentence_weight, labeler) for s in samples
+    ]
     parameters = [*model.parameters(), *probe.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=recipe.lr, weight_decay=recipe.weight_decay)
     scheduler = _cosine_with_warmup(optimizer, recipe.steps, recipe.warmup_steps)
@@ -192,14 +219,18 @@ def pretrain(model, processor, samples, probe, recipe: BaseRecipe, log_every: in
         )
         ids, mask = tokenize_targets(tokenizer, [s.report for s in batch_samples], stop_id)
         inputs = append_completion(prompts, ids, mask)
-        labels = torch.full_like(inputs["input_ids"], -100)
-        labels[:, prompts["input_ids"].shape[1] :] = ids.masked_fill(~mask, -100)
+        prompt_width = prompts["input_ids"].shape[1]
         pixels = inputs.pop("pixel_values")
         per_image = tuple(
             inner.get_image_features(pixels, inputs["image_grid_thw"], return_dict=True).pooler_output
         )
         encoded = {"image": BaseModelOutputWithPooling(pooler_output=per_image)}
-        loss = model(**inputs, mm_encoder_outputs=encoded, labels=labels).loss
+        logits = model(**inputs, mm_encoder_outputs=encoded).logits[:, prompt_width - 1 : -1]
+        weights = torch.zeros(ids.shape)
+        for row, i in enumerate(picked):
+            weights[row, : len(token_weights[i])] = torch.tensor(token_weights[i])
+        token_loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids, reduction="none")
+        loss = (token_loss * weights).sum() / weights.sum()
         finding_loss = _finding_loss(probe, per_image, batch_samples)
         (loss + recipe.finding_loss_weight * finding_loss).backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -219,6 +250,13 @@ def pretrain(model, processor, samples, probe, recipe: BaseRecipe, log_every: in
             )
     model.eval()
     return losses
+
+
+def _stage1_key(recipe: BaseRecipe) -> str:
+    """A short hash of the recipe fields stage 1 depends on (a cached stage 1 is reused only for them)."""
+    stage2_only = ("steps", "lr", "finding_loss_weight", "finding_sentence_weight")
+    fields = {k: v for k, v in asdict(recipe).items() if k not in stage2_only}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def build_base_model(
@@ -247,7 +285,16 @@ def build_base_model(
     samples = load_annotation(annotation, "train", multi_view=recipe.multi_view, check_images=False)
     torch.manual_seed(recipe.seed)  # the probe's initial weights
     probe = FindingProbe(model.config.text_config.hidden_size, len(FINDINGS))
-    finding_losses = pretrain_vision(model, processor, samples, probe, recipe)
+    stage1 = work / f"stage1-{_stage1_key(recipe)}.pt"
+    if stage1.exists():  # kept in --work-dir: stage-2 variants start from the same seeing tower
+        state = torch.load(stage1)
+        model.load_state_dict(state["model"]), probe.load_state_dict(state["probe"])
+        finding_losses = state["losses"]
+    else:
+        finding_losses = pretrain_vision(model, processor, samples, probe, recipe)
+        torch.save(
+            {"model": model.state_dict(), "probe": probe.state_dict(), "losses": finding_losses}, stage1
+        )
     losses = pretrain(model, processor, samples, probe, recipe)
     record = {
         **asdict(recipe),
@@ -275,12 +322,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work-dir", type=Path, help="keep the pretraining world here (default: removed)")
     parser.add_argument("--steps", type=int, help=f"pretraining steps (default {BaseRecipe.steps})")
     parser.add_argument("--seed", type=int, help=f"init and batch-order seed (default {BaseRecipe.seed})")
+    parser.add_argument(
+        "--finding-sentence-weight",
+        type=float,
+        help=f"stage-2 loss weight of finding sentences (default {BaseRecipe.finding_sentence_weight})",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     recipe = BaseRecipe()
-    overrides = {k: v for k, v in (("steps", args.steps), ("seed", args.seed)) if v is not None}
+    given = (
+        ("steps", args.steps),
+        ("seed", args.seed),
+        ("finding_sentence_weight", args.finding_sentence_weight),
+    )
+    overrides = {k: v for k, v in given if v is not None}
     out = build_base_model(args.out, replace(recipe, **overrides), work_dir=args.work_dir)
     print(f"base model written to {out}")
 

@@ -127,3 +127,24 @@ def test_stated_rates_split_the_reports_by_whether_the_study_has_the_finding():
     said_present, said_absent = stated_rates(stated, present)
     assert said_present[0] == 0.5 and said_absent[0] == 0.5  # stated as often either way: no signal
     assert np.isnan(said_present[1]) and said_absent[1] == 0.25  # no study has it
+
+
+def test_finding_token_weights_weigh_the_sentences_that_state_a_finding():
+    from demo.base import finding_token_weights
+    from model.loading import load_model_and_processor
+
+    _, processor = load_model_and_processor(BASE, device="cpu")
+    tokenizer = processor.tokenizer
+    report = "The heart is enlarged. No pneumothorax. Possible left pleural effusion."
+    weights = finding_token_weights(tokenizer, report, 3.0, RuleLabeler())
+    pieces = [tokenizer.decode([i]) for i in tokenizer(report, add_special_tokens=False)["input_ids"]]
+    assert len(weights) == len(pieces) + 1 and weights[-1] == 1.0  # the stop token keeps weight 1
+    by_sentence, sentence = [], []
+    for piece, weight in zip(pieces, weights):
+        sentence.append(weight)
+        if piece.endswith("."):
+            by_sentence.append(set(sentence))
+            sentence = []
+    # stated (positive), negated, hedged (uncertain counts as stated)
+    assert by_sentence == [{3.0}, {1.0}, {3.0}]
+    assert finding_token_weights(tokenizer, report, 1.0, RuleLabeler()) == [1.0] * len(weights)
