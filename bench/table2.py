@@ -243,7 +243,8 @@ def format_table(table: dict, args, sft_steps: int, sft_lr: float, grpo_steps: i
     return "\n".join(lines)
 
 
-def plot(table: dict, path: Path) -> None:
+def pyplot():
+    """matplotlib's pyplot on the Agg backend, or None (with a note) where matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -251,6 +252,13 @@ def plot(table: dict, path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib is not installed: no PNG (pip install -e '.[plots]')")
+        return None
+    return plt
+
+
+def plot(table: dict, path: Path) -> None:
+    plt = pyplot()
+    if plt is None:
         return
     rows = list(table)
     fig, ax = plt.subplots(figsize=(9, 4))

@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from table2 import DEMO, ROOT, evaluate, run, slug, train  # noqa: E402
+from table2 import DEMO, ROOT, evaluate, pyplot, run, slug, train  # noqa: E402
 
 from grpo.config import load_config  # noqa: E402
 
@@ -188,13 +188,8 @@ def format_table(table: dict, args, sft_steps: int, grpo_steps: int, elapsed: fl
 
 
 def plot(table: dict, path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no PNG (pip install -e '.[plots]')")
+    plt = pyplot()
+    if plt is None:
         return
     rows = list(table)
     fig, (f1_ax, zero_ax) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [3, 2]})
