@@ -91,35 +91,41 @@ def evaluate(run_dir: Path, eval_dir: Path, no_adapter: bool = False) -> dict:
     return {"micro_f1": ce["micro"]["f1"], "macro_f1": ce["macro"]["f1"]}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "table2")
+def add_schedule_arguments(parser) -> None:
+    """The options every bench of SFT + GRPO runs from the demo's recipe shares (this one, bench/toolkit.py)."""
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--quick", action="store_true", help="a third of the SFT and GRPO steps")
     parser.add_argument("--grpo-steps", type=int, help="GRPO steps per row (default: the demo's max_steps)")
     parser.add_argument("--sft-steps", type=int, help="SFT steps per seed (default: the demo's sft.steps)")
     parser.add_argument("--sft-lr", type=float, help="SFT learning rate (default: the demo's sft.lr)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each uses one CPU thread)")
-    args = parser.parse_args(argv)
+
+
+def schedule(args) -> tuple[int, int, float]:
+    """SFT steps, GRPO steps and SFT learning rate: the demo's, a third of the steps with --quick, or as given."""
     cfg = load_config(DEMO)
     sft_steps, grpo_steps = cfg.sft.steps, cfg.max_steps
     if args.quick:
         sft_steps, grpo_steps = max(1, sft_steps // 3), max(1, grpo_steps // 3)
     sft_steps, grpo_steps = args.sft_steps or sft_steps, args.grpo_steps or grpo_steps
-    sft_lr = args.sft_lr or cfg.sft.lr or cfg.optim.lr
+    return sft_steps, grpo_steps, args.sft_lr or cfg.sft.lr or cfg.optim.lr
+
+
+def prepare_demo_assets(out: Path) -> None:
+    """The demo's assets (world, base model) once, before the parallel runs."""
+    code = f"import train; from grpo.config import load_config; train.prepare_assets(load_config({str(DEMO)!r}), True)"
+    run([sys.executable, "-c", code], out / "assets.log")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "table2")
+    add_schedule_arguments(parser)
+    args = parser.parse_args(argv)
+    sft_steps, grpo_steps, sft_lr = schedule(args)
     out = args.out.resolve()
     start = time.time()
-
-    # The demo's assets (world, base model) once, before the parallel runs.
-    run(
-        [
-            sys.executable,
-            "-c",
-            "import train; from grpo.config import load_config; "
-            f"train.prepare_assets(load_config({str(DEMO)!r}), True)",
-        ],
-        out / "assets.log",
-    )
+    prepare_demo_assets(out)
 
     def sft_then_rows(seed: int) -> list[tuple[str, Path, Path, bool]]:
         seed_dir = out / f"seed-{seed}"

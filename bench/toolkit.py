@@ -31,9 +31,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from table2 import DEMO, ROOT, evaluate, pyplot, run, slug, train  # noqa: E402
-
-from grpo.config import load_config  # noqa: E402
+from table2 import (  # noqa: E402
+    ROOT,
+    add_schedule_arguments,
+    evaluate,
+    prepare_demo_assets,
+    pyplot,
+    schedule,
+    slug,
+    train,
+)
 
 # (row, GRPO overrides on top of the demo recipe). The demo row is bench/table2.py's "MCCS + format" (the same
 # weights, which are the demo's), run in the same folder, so the two benches can share it.
@@ -73,27 +80,14 @@ def run_figures(run_dir: Path) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "toolkit")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rows", nargs="+", choices=[name for name, _ in ROWS], help="default: all rows")
-    parser.add_argument("--quick", action="store_true", help="a third of the SFT and GRPO steps")
-    parser.add_argument("--grpo-steps", type=int, help="GRPO steps per row (default: the demo's max_steps)")
-    parser.add_argument("--sft-steps", type=int, help="SFT steps per seed (default: the demo's sft.steps)")
-    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each uses one CPU thread)")
+    add_schedule_arguments(parser)
     args = parser.parse_args(argv)
-    cfg = load_config(DEMO)
-    sft_steps, grpo_steps = cfg.sft.steps, cfg.max_steps
-    if args.quick:
-        sft_steps, grpo_steps = max(1, sft_steps // 3), max(1, grpo_steps // 3)
-    sft_steps, grpo_steps = args.sft_steps or sft_steps, args.grpo_steps or grpo_steps
-    sft_lr = cfg.sft.lr or cfg.optim.lr
+    sft_steps, grpo_steps, sft_lr = schedule(args)
     rows = [(name, extra) for name, extra in ROWS if not args.rows or name in args.rows]
     out = args.out.resolve()
     start = time.time()
-    assets = "import train; from grpo.config import load_config; "
-    run(
-        [sys.executable, "-c", assets + f"train.prepare_assets(load_config({str(DEMO)!r}), True)"],
-        out / "assets.log",
-    )
+    prepare_demo_assets(out)
 
     def sft(seed: int) -> None:
         sft_dir = out / f"seed-{seed}" / "sft"
