@@ -69,23 +69,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def overrides(args, variant: str, annotation: Path, tiny: Path) -> list[str]:
     """The paper config's overrides for one variant (the run folder is shared: resume continues static-merge)."""
+    from paper_scale import size_overrides
+
     run = Path(args.workdir) / "run"
     base = [
         f"model.path={tiny}", f"data.annotation={annotation}", f"output_dir={run}", f"device={args.device}",
         f"sampling.max_new_tokens={args.new_tokens}", f"sampling.min_new_tokens={args.new_tokens}",
         "sample_every=100000", "log.tensorboard='off'",
     ]  # fmt: skip
-    if args.size == "paper":
-        base += ["model.dtype=bfloat16"]
-    else:
-        base += [
-            "model.dtype=float32",
-            "model.gradient_checkpointing=false",
-            "model.lora.rank=8",
-            "model.lora.alpha=16",
-            "model.min_pixels=3136",
-            f"model.max_pixels={112 * 112}",
-        ]
+    base += size_overrides(args.size)
     if variant == "resume":
         return base + [
             f"max_steps={args.steps + 1}",

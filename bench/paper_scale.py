@@ -134,9 +134,14 @@ def overrides_for(args, annotation: Path, tiny: Path, out_dir: Path) -> list[str
         "save_every=100000", "sample_every=100000", "log.tensorboard='off'", f"sampling.merge_lora={args.merge_lora}",
         "sampling.engine=static",
     ]  # fmt: skip
-    if args.size == "paper":
-        return common + ["model.dtype=bfloat16"]
-    return common + [
+    return common + size_overrides(args.size)
+
+
+def size_overrides(size: str) -> list[str]:
+    """bf16 at the paper's size; fp32, a small LoRA and small images for the CPU-sized rehearsals."""
+    if size == "paper":
+        return ["model.dtype=bfloat16"]
+    return [
         "model.dtype=float32",
         "model.gradient_checkpointing=false",
         "model.lora.rank=8",
