@@ -30,7 +30,13 @@ from grpo.faults import NonFiniteSteps, NonFiniteStop, RewardFailed, StepFailed,
 from grpo.logprobs import token_logprobs_from_hidden
 from grpo.preemption import Preempted, StopSignal
 from grpo.run_log import RunLog, metrics_row
-from model.loading import ImageFeatures, encode_images, language_hidden_states, lm_head_weight
+from model.loading import (
+    ImageFeatures,
+    contiguous_head_input,
+    encode_images,
+    language_hidden_states,
+    lm_head_weight,
+)
 from model.lora import set_lora_dropout, trainable_parameters
 from model.optim import build_optimizer, cosine_schedule_with_warmup
 
@@ -73,6 +79,7 @@ class Run:
         run_dir.check_data_on_all_ranks(cfg, self.dist, self.samples, resumed_step, allow_config_change)
         self._before_model()
         self.model, self.processor = cfg.model.load_policy(self.dist.device, policy)
+        contiguous_head_input(self.model)  # a policy built by the caller did not pass through the loader
         if not self.keeps_lora_dropout:
             set_lora_dropout(self.model, 0.0)
         self.tokenizer = self.processor.tokenizer

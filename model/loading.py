@@ -104,6 +104,7 @@ def load_model_and_processor(
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         logger.info("gradient checkpointing on (non-reentrant)")
 
+    contiguous_head_input(model)
     processor = load_processor(path, min_pixels=min_pixels, max_pixels=max_pixels)
     _check_token_ids_agree(path, model, processor)
     logger.info(
@@ -229,6 +230,25 @@ def unwrap_model(model: nn.Module) -> Qwen2_5_VLForConditionalGeneration:
             model = model.get_base_model()
         else:
             raise TypeError(f"expected a Qwen2.5-VL model (optionally wrapped), got {type(model).__name__}")
+
+
+def contiguous_head_input(model: nn.Module) -> None:
+    """Make the output head copy a strided input before its product (once per model; idempotent).
+
+    With ``logits_to_keep=1`` transformers hands the head the last position of each row, a strided (B, 1, H)
+    view. ``torch.matmul`` folds a 3-D input into one matrix product only when that needs no copy, so with a
+    frozen head it takes the batched path instead, and on CPU that path materialises the (V, H) weight once
+    per row: 4.4 GB and 20 s for 4 rows of the 7B head (docs/memory.md). Copying the B rows costs B x H."""
+    head = unwrap_model(model).lm_head
+    if not getattr(head, "contiguous_input", False):
+        head.register_forward_pre_hook(_contiguous_first_argument)
+        head.contiguous_input = True
+
+
+def _contiguous_first_argument(_module: nn.Module, args: tuple):
+    if args and isinstance(args[0], torch.Tensor) and not args[0].is_contiguous():
+        return (args[0].contiguous(), *args[1:])
+    return None
 
 
 def lm_head_weight(model: nn.Module) -> torch.Tensor:

@@ -12,6 +12,7 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 
 from data.batching import append_completion, collate_prompts, images_per_row, repeat_for_group
 from model.loading import (
+    contiguous_head_input,
     encode_images,
     language_hidden_states,
     lm_head_weight,
@@ -200,6 +201,25 @@ def test_hidden_states_times_lm_head_equal_the_models_logits(tiny_model, two_pro
     torch.testing.assert_close(hidden @ lm_head_weight(tiny_model).T, logits, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="labels"):
         language_hidden_states(tiny_model, **inputs, labels=inputs["input_ids"])
+
+
+def test_the_output_head_gets_contiguous_rows_when_one_position_per_row_is_kept(tiny_model, two_prompt_batch):
+    # the last position of each row is a strided view; on CPU torch.matmul would copy the (V, H) weight once
+    # per row for it (4.4 GB at the 7B head's size), so the loader makes the head copy the rows instead
+    seen = []
+    probe = tiny_model.lm_head.register_forward_pre_hook(
+        lambda _m, args: seen.append(args[0].is_contiguous())
+    )
+    try:
+        with torch.no_grad():
+            last = tiny_model(**two_prompt_batch, logits_to_keep=1).logits
+            full = tiny_model(**two_prompt_batch).logits
+    finally:
+        probe.remove()
+    assert seen == [True, True]
+    torch.testing.assert_close(last, full[:, -1:], rtol=1e-5, atol=1e-5)
+    contiguous_head_input(tiny_model)  # idempotent: a second call adds no second hook
+    assert len(tiny_model.lm_head._forward_pre_hooks) == 1
 
 
 def test_mm_token_type_ids_are_required_for_3d_positions(tiny_model, two_prompt_batch):
