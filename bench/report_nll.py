@@ -6,6 +6,7 @@ findings: it has moved the greedy choice between sentences that were close in pr
 
     python bench/report_nll.py --run runs/demo --no-adapter           # the base model
     python bench/report_nll.py --run runs/demo/sft                     # the SFT warm start
+    python bench/report_nll.py --run runs/demo/sft --checkpoint 50     # its step-50 checkpoint
 
 For each study of the split (one per study, all its views in the prompt as the run trains), the teacher-
 forced NLL of the reference report's own tokens, twice: inside the run's SFT target template (after the
@@ -82,6 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, required=True, help="a training run folder")
     parser.add_argument("--no-adapter", action="store_true", help="the run's base model")
+    parser.add_argument(
+        "--checkpoint", type=int, help="a kept checkpoint's adapter (its step), not the final one"
+    )
     parser.add_argument("--split", default="test")
     parser.add_argument("--batch-size", type=int, default=20)
     args = parser.parse_args(argv)
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     model, processor = load_model_and_processor(
         m.path, device="cpu", dtype="float32", min_pixels=m.min_pixels, max_pixels=m.max_pixels
     )
-    adapter = resolve_adapter(args.run, None, args.no_adapter)
+    adapter = resolve_adapter(args.run, args.checkpoint, args.no_adapter)
     if adapter is not None:
         model = load_adapter(model, adapter, is_trainable=False).merge_and_unload()
     model.eval()
