@@ -262,12 +262,9 @@ def pyplot():
     return plt
 
 
-def plot(table: dict, path: Path) -> None:
-    plt = pyplot()
-    if plt is None:
-        return
+def f1_bars(ax, table: dict, title: str) -> None:
+    """Micro- and macro-F1 per row (mean, std over seeds) as paired bars on ``ax``."""
     rows = list(table)
-    fig, ax = plt.subplots(figsize=(9, 4))
     x = np.arange(len(rows))
     for offset, key, label in ((-0.2, "micro_f1", "micro-F1"), (0.2, "macro_f1", "macro-F1")):
         means = [table[r][key]["mean"] for r in rows]
@@ -275,8 +272,16 @@ def plot(table: dict, path: Path) -> None:
         ax.bar(x + offset, means, 0.4, yerr=stds, capsize=3, label=label)
     ax.set_xticks(x, rows, rotation=20, ha="right")
     ax.set_ylabel("CE F1 vs true labels (%)")
-    ax.set_title("Table II in the synthetic world (mean ± std over seeds)")
+    ax.set_title(title)
     ax.legend()
+
+
+def plot(table: dict, path: Path) -> None:
+    plt = pyplot()
+    if plt is None:
+        return
+    fig, ax = plt.subplots(figsize=(9, 4))
+    f1_bars(ax, table, "Table II in the synthetic world (mean ± std over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"wrote {path}")

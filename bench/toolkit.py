@@ -35,6 +35,7 @@ from table2 import (  # noqa: E402
     ROOT,
     add_schedule_arguments,
     evaluate,
+    f1_bars,
     prepare_demo_assets,
     pyplot,
     schedule,
@@ -187,15 +188,8 @@ def plot(table: dict, path: Path) -> None:
         return
     rows = list(table)
     fig, (f1_ax, zero_ax) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [3, 2]})
+    f1_bars(f1_ax, table, "GRPO toolkit from the same SFT start (mean ± std over seeds)")
     x = np.arange(len(rows))
-    for offset, key, label in ((-0.2, "micro_f1", "micro-F1"), (0.2, "macro_f1", "macro-F1")):
-        means = [table[r][key]["mean"] for r in rows]
-        stds = [table[r][key]["std"] for r in rows]
-        f1_ax.bar(x + offset, means, 0.4, yerr=stds, capsize=3, label=label)
-    f1_ax.set_xticks(x, rows, rotation=20, ha="right")
-    f1_ax.set_ylabel("CE F1 vs true labels (%)")
-    f1_ax.set_title("GRPO toolkit from the same SFT start (mean ± std over seeds)")
-    f1_ax.legend()
     for offset, key, label in (
         (-0.2, "zero_std_sampled", "sampled"),
         (0.2, "zero_std_trained", "trained on"),
