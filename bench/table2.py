@@ -7,7 +7,7 @@ differs from the others only in ``reward.weights``. Each model writes greedy rep
 split (one per study), which are scored against the studies' TRUE labels (so a labeler error cannot look
 like a model error): CE micro- and macro-F1 over the 14 observations, uncertain as negative.
 
-    python bench/table2.py                    # 3 seeds, the demo's step counts (52 minutes on 2 cores)
+    python bench/table2.py                    # 3 seeds, the demo's step counts (75 minutes on 2 cores)
     python bench/table2.py --quick            # 3 seeds, a third of the steps: a rough table
     python bench/table2.py --jobs 1           # one run at a time (default 2: each run uses one thread)
     python bench/table2.py --sft-lr 5e-4 --sft-steps 150 --out runs/table2-gentle   # another SFT start
@@ -111,6 +111,20 @@ def schedule(args) -> tuple[int, int, float]:
     return sft_steps, grpo_steps, args.sft_lr or cfg.sft.lr or cfg.optim.lr
 
 
+def after_sft(pool, seeds, sft, tasks) -> list:
+    """Queue each seed's SFT first, then every task ``(seed, function, *args)``, which calls
+    ``function(seed, *args)`` once that seed's SFT is done: a task starts as soon as its warm start exists and a
+    worker is free, so no worker idles while the last SFT runs. No deadlock: every SFT is queued ahead of every
+    task, so a task only ever waits on an SFT that has already started. Returns the tasks' futures, in order."""
+    warm_starts = {seed: pool.submit(sft, seed) for seed in seeds}
+
+    def after_its_sft(seed, function, *args):
+        warm_starts[seed].result()
+        return function(seed, *args)
+
+    return [pool.submit(after_its_sft, *task) for task in tasks]
+
+
 def prepare_demo_assets(out: Path) -> None:
     """The demo's assets (world, base model) once, before the parallel runs."""
     code = f"import train; from grpo.config import load_config; train.prepare_assets(load_config({str(DEMO)!r}), True)"
@@ -127,38 +141,34 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
     prepare_demo_assets(out)
 
-    def sft_then_rows(seed: int) -> list[tuple[str, Path, Path, bool]]:
-        seed_dir = out / f"seed-{seed}"
-        sft_dir = seed_dir / "sft"
+    def sft(seed: int) -> None:
+        sft_dir = out / f"seed-{seed}" / "sft"
         train(sft_dir, [f"seed={seed}", "mode=sft", f"max_steps={sft_steps}", f"optim.lr={sft_lr}"])
-        return [
-            ("base", sft_dir, seed_dir / "eval-base", True),
-            ("SFT", sft_dir, seed_dir / "eval-sft", False),
-        ]
 
-    def grpo_row(seed: int, name: str, weights: dict) -> tuple[str, Path, Path, bool]:
+    def grpo_row(seed: int, name: str, weights: dict) -> tuple[str, Path, dict]:
         seed_dir = out / f"seed-{seed}"
         run_dir = seed_dir / slug(name)
         adapter = seed_dir / "sft" / "final_adapter"
         weights_text = "{" + ", ".join(f"{k}: {v}" for k, v in weights.items()) + "}"
-        train(
-            run_dir,
-            [
-                f"seed={seed}",
-                f"max_steps={grpo_steps}",
-                f"model.init_adapter={adapter}",
-                f"reward.weights={weights_text}",
-            ],
-        )
-        return (name, run_dir, seed_dir / f"eval-{slug(name)}", False)
+        overrides = [f"seed={seed}", f"max_steps={grpo_steps}", f"model.init_adapter={adapter}"]
+        train(run_dir, [*overrides, f"reward.weights={weights_text}"])
+        eval_dir = seed_dir / f"eval-{slug(name)}"
+        return (name, eval_dir, evaluate(run_dir, eval_dir))
 
+    def start_row(seed: int, name: str, no_adapter: bool) -> tuple[str, Path, dict]:
+        """The base (the SFT run's model without its adapter) or the SFT row, evaluated."""
+        sft_dir = out / f"seed-{seed}" / "sft"
+        eval_dir = out / f"seed-{seed}" / f"eval-{slug(name)}"
+        return (name, eval_dir, evaluate(sft_dir, eval_dir, no_adapter))
+
+    # The base does not depend on the seed: it is evaluated once, from the first seed's folder.
+    tasks = [
+        (args.seeds[0], start_row, "base", True),
+        *((seed, start_row, "SFT", False) for seed in args.seeds),
+    ]
+    tasks += [(seed, grpo_row, name, weights) for seed in args.seeds for name, weights in GRPO_ROWS]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        evals = [e for seed_evals in pool.map(sft_then_rows, args.seeds) for e in seed_evals]
-        tasks = [(seed, name, weights) for seed in args.seeds for name, weights in GRPO_ROWS]
-        evals += list(pool.map(lambda t: grpo_row(*t), tasks))
-        # The base model does not depend on the seed: evaluate it once.
-        evals = [e for e in evals if e[0] != "base" or e[1] == out / f"seed-{args.seeds[0]}" / "sft"]
-        scores = list(pool.map(lambda e: (e[0], e[2], evaluate(e[1], e[2], e[3])), evals))
+        scores = [future.result() for future in after_sft(pool, args.seeds, sft, tasks)]
 
     rows = ["base", "SFT", *(name for name, _ in GRPO_ROWS)]
     table = summarise(rows, scores)

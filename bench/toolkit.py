@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from table2 import (  # noqa: E402
     ROOT,
     add_schedule_arguments,
+    after_sft,
     evaluate,
     f1_bars,
     prepare_demo_assets,
@@ -103,10 +104,9 @@ def main(argv: list[str] | None = None) -> None:
         scores = evaluate(run_dir, seed_dir / f"eval-{run_folder(name)}")
         return {"row": name, "seed": seed, "run_dir": str(run_dir), **scores, **run_figures(run_dir)}
 
+    tasks = [(seed, grpo_row, name, extra) for seed in args.seeds for name, extra in rows]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        list(pool.map(sft, args.seeds))
-        tasks = [(seed, name, extra) for seed in args.seeds for name, extra in rows]
-        runs = list(pool.map(lambda task: grpo_row(*task), tasks))
+        runs = [future.result() for future in after_sft(pool, args.seeds, sft, tasks)]
 
     table = summarise([name for name, _ in rows], runs)
     elapsed = time.time() - start
