@@ -68,6 +68,11 @@ def train(run_dir: Path, overrides: list[str]) -> None:
     run([*cmd, *overrides], run_dir.with_suffix(".train.log"))
 
 
+def warm_start(out: Path, seed: int, steps: int, lr: float) -> None:
+    """One seed's SFT run (``<out>/seed-<seed>/sft``), the start that every GRPO row of that seed shares."""
+    train(out / f"seed-{seed}" / "sft", [f"seed={seed}", "mode=sft", f"max_steps={steps}", f"optim.lr={lr}"])
+
+
 def evaluate(run_dir: Path, eval_dir: Path, no_adapter: bool = False) -> dict:
     """Greedy reports on the test split (one per study), scored against the true labels by evaluate.py;
     returns its truth-based CE micro- and macro-F1 over the 14 observations."""
@@ -142,8 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     prepare_demo_assets(out)
 
     def sft(seed: int) -> None:
-        sft_dir = out / f"seed-{seed}" / "sft"
-        train(sft_dir, [f"seed={seed}", "mode=sft", f"max_steps={sft_steps}", f"optim.lr={sft_lr}"])
+        warm_start(out, seed, sft_steps, sft_lr)
 
     def grpo_row(seed: int, name: str, weights: dict) -> tuple[str, Path, dict]:
         seed_dir = out / f"seed-{seed}"

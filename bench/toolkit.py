@@ -42,6 +42,7 @@ from table2 import (  # noqa: E402
     schedule,
     slug,
     train,
+    warm_start,
 )
 
 # (row, GRPO overrides on top of the demo recipe). The demo row is bench/table2.py's "MCCS + format" (the same
@@ -92,8 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     prepare_demo_assets(out)
 
     def sft(seed: int) -> None:
-        sft_dir = out / f"seed-{seed}" / "sft"
-        train(sft_dir, [f"seed={seed}", "mode=sft", f"max_steps={sft_steps}", f"optim.lr={sft_lr}"])
+        warm_start(out, seed, sft_steps, sft_lr)
 
     def grpo_row(seed: int, name: str, extra: list[str]) -> dict:
         seed_dir = out / f"seed-{seed}"
