@@ -15,7 +15,7 @@ a bright tube, a broken rib), and pose, exposure and noise vary so that no two i
 The output is the R2Gen layout (``annotation.json`` beside ``images/<id>/<view>.png``) plus a ``labels``
 field, so ``data.r2gen.load_annotation`` reads it like IU X-Ray. Same seed -> byte-identical files.
 
-    python -m data.synthetic --out DIR --n 2000 [--seed 0 --image-size 112]
+    python -m data.synthetic --out DIR --n 2000 [--seed 0 --image-size 112 --blank-images]
 """
 
 from __future__ import annotations
@@ -864,11 +864,14 @@ def generate_world(
     seed: int = 0,
     image_size: int = 112,
     split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    blank_images: bool = False,
 ) -> Path:
     """Write ``n`` studies to ``out_dir`` (``annotation.json`` + ``images/``) and return the JSON's path.
 
     Study ``i`` is drawn from its own generator seeded by ``(seed, i)``, so the files are identical for
-    a seed. Split sizes follow ``split_fractions`` (rounded; train takes the remainder).
+    a seed. Split sizes follow ``split_fractions`` (rounded; train takes the remainder). ``blank_images``
+    writes the blind control: the same studies, reports and labels, every view one flat grey at the mean
+    intensity of the views it replaces, so a model trained on it can learn nothing from the image.
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
@@ -880,6 +883,7 @@ def generate_world(
     splits = _split_names(n, split_fractions, np.random.default_rng([seed, n, 7]))
     annotation: dict[str, list[dict]] = {name: [] for name in SPLITS}
     width = max(5, len(str(n - 1)))
+    grey_total, blank_paths = 0.0, []
     for index in range(n):
         rng = np.random.default_rng([seed, index])
         study = sample_study(rng, f"SYN{index:0{width}d}")
@@ -889,7 +893,11 @@ def generate_world(
             relative = f"{study.id}/{view}.png"
             pixels = render_view(study, view, rng, image_size)
             (images_dir / study.id).mkdir(exist_ok=True)
-            Image.fromarray(pixels, mode="L").save(images_dir / relative, optimize=False)
+            if blank_images:
+                grey_total += float(pixels.mean())
+                blank_paths.append(relative)
+            else:
+                Image.fromarray(pixels, mode="L").save(images_dir / relative, optimize=False)
             paths.append(relative)
         split = splits[index]
         annotation[split].append(
@@ -901,6 +909,10 @@ def generate_world(
                 "labels": list(study.codes()),
             }
         )
+    if blank_images:
+        flat = Image.new("L", (image_size, image_size), int(round(grey_total / len(blank_paths))))
+        for relative in blank_paths:
+            flat.save(images_dir / relative, optimize=False)
     path = out / "annotation.json"
     path.write_text(json.dumps(annotation, indent=1) + "\n", encoding="utf-8")
     return path
@@ -938,8 +950,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=2000, help="number of studies")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=112, help="image side in pixels")
+    parser.add_argument(
+        "--blank-images",
+        action="store_true",
+        help="the blind control: the same world, every view one flat grey",
+    )
     args = parser.parse_args(argv)
-    path = generate_world(args.out, n=args.n, seed=args.seed, image_size=args.image_size)
+    path = generate_world(
+        args.out, n=args.n, seed=args.seed, image_size=args.image_size, blank_images=args.blank_images
+    )
     print(f"wrote {path}")
     print(world_summary(path))
 

@@ -75,6 +75,19 @@ def test_same_seed_gives_byte_identical_files_and_another_seed_differs(tmp_path)
     assert first.read_bytes() != other.read_bytes()
 
 
+def test_blank_images_keep_the_studies_and_show_one_flat_grey_at_the_worlds_mean(tmp_path):
+    seen = generate_world(tmp_path / "seen", n=12, seed=5, image_size=64)
+    blind = generate_world(tmp_path / "blind", n=12, seed=5, image_size=64, blank_images=True)
+    assert blind.read_bytes() == seen.read_bytes()  # the same studies, reports, labels and image paths
+    paths = sorted(p.relative_to(seen.parent) for p in (seen.parent / "images").rglob("*.png"))
+    assert paths == sorted(p.relative_to(blind.parent) for p in (blind.parent / "images").rglob("*.png"))
+    seen_pixels = np.stack([np.asarray(Image.open(seen.parent / p)) for p in paths])
+    blind_pixels = np.stack([np.asarray(Image.open(blind.parent / p)) for p in paths])
+    assert seen_pixels.std(axis=(1, 2)).min() > 5  # the rendered views show something
+    assert np.all(blind_pixels == blind_pixels.flat[0])  # every blank view is the same flat grey
+    assert abs(int(blind_pixels.flat[0]) - seen_pixels.mean()) <= 0.5
+
+
 def test_command_line_writes_the_world_and_prints_prevalences(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "data.synthetic", "--out", str(tmp_path / "cli"), "--n", "10", "--image-size", "48"],
