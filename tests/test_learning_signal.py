@@ -8,13 +8,14 @@ a minute of CPU time; the demo and bench/table2.py measure it on the held-out te
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from data.batching import collate_prompts
+from data.batching import collate_prompts, load_images
 from data.synthetic import generate_world
 from demo.base import BaseRecipe
 from grpo.config import load_config
@@ -90,7 +91,6 @@ def test_short_grpo_run_on_the_pretrained_base_raises_greedy_label_agreement(tmp
 
 def test_build_base_model_writes_a_checkpoint_that_loads_and_records_its_recipe(tmp_path):
     import json
-    from dataclasses import replace
 
     from demo.base import build_base_model
     from model.loading import load_model_and_processor
@@ -106,13 +106,33 @@ def test_build_base_model_writes_a_checkpoint_that_loads_and_records_its_recipe(
         steps=2,
         batch_size=4,
         warmup_steps=1,
+        validation_studies=3,
     )
     out = build_base_model(tmp_path / "base", recipe)
     recorded = json.loads((out / "base_recipe.json").read_text())
     assert recorded["steps"] == 2 and recorded["world_studies"] == 12 and recorded["image_size"] == 56
-    assert not (tmp_path / "base.tmp").exists()  # written to a temporary folder, then renamed
+    assert 0 < recorded["held_out_report_loss"] < 20  # measured on studies of the validation seed    assert not (tmp_path / "base.tmp").exists()  # written to a temporary folder, then renamed
     model, processor = load_model_and_processor(out, device="cpu")
     assert processor.tokenizer.convert_tokens_to_ids("<report>") != processor.tokenizer.unk_token_id
+
+
+def test_held_out_report_loss_is_the_mean_over_report_tokens_whatever_the_batching(tmp_path):
+    """The figure that sets the length of stage 2: padding a short report beside a long one must not
+    change it, and it weighs every token (not every report) alike."""
+    from demo.base import _report_token_losses, held_out_report_loss, validation_samples
+    from model.loading import load_model_and_processor
+
+    model, processor = load_model_and_processor(BASE, device="cpu")
+    samples = validation_samples(replace(BaseRecipe(), validation_studies=4), tmp_path)
+    assert len({len(s.report) for s in samples}) > 1  # reports of different lengths: padding is exercised
+    together = held_out_report_loss(model, processor, samples, batch_size=4)
+    one_by_one = [
+        _report_token_losses(model, processor, [s], [load_images(s.image_paths)])[0].detach()[0]
+        for s in samples
+    ]
+    per_token = torch.cat(one_by_one).mean().item()
+    assert together == pytest.approx(per_token, rel=1e-4)
+    assert held_out_report_loss(model, processor, samples, batch_size=1) == pytest.approx(together, rel=1e-4)
 
 
 def test_stated_rates_split_the_reports_by_whether_the_study_has_the_finding():
