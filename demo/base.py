@@ -288,7 +288,14 @@ def pretrain(model, processor, samples, probe, recipe: BaseRecipe, log_every: in
 
 def _stage1_key(recipe: BaseRecipe) -> str:
     """A short hash of the recipe fields stage 1 depends on (a cached stage 1 is reused only for them)."""
-    stage2_only = ("steps", "lr", "finding_loss_weight", "finding_sentence_weight", "validation_studies", "validation_seed")
+    stage2_only = (
+        "steps",
+        "lr",
+        "finding_loss_weight",
+        "finding_sentence_weight",
+        "validation_studies",
+        "validation_seed",
+    )
     fields = {k: v for k, v in asdict(recipe).items() if k not in stage2_only}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -304,7 +311,9 @@ def validation_samples(recipe: BaseRecipe, work: Path):
             image_size=recipe.image_size,
             split_fractions=(1.0, 0.0, 0.0),
         )
-    return load_annotation(world / "annotation.json", "train", multi_view=recipe.multi_view, check_images=False)
+    return load_annotation(
+        world / "annotation.json", "train", multi_view=recipe.multi_view, check_images=False
+    )
 
 
 def build_base_model(

@@ -111,7 +111,8 @@ def test_build_base_model_writes_a_checkpoint_that_loads_and_records_its_recipe(
     out = build_base_model(tmp_path / "base", recipe)
     recorded = json.loads((out / "base_recipe.json").read_text())
     assert recorded["steps"] == 2 and recorded["world_studies"] == 12 and recorded["image_size"] == 56
-    assert 0 < recorded["held_out_report_loss"] < 20  # measured on studies of the validation seed    assert not (tmp_path / "base.tmp").exists()  # written to a temporary folder, then renamed
+    assert 0 < recorded["held_out_report_loss"] < 20  # measured on studies of the validation seed
+    assert not (tmp_path / "base.tmp").exists()  # written to a temporary folder, then renamed
     model, processor = load_model_and_processor(out, device="cpu")
     assert processor.tokenizer.convert_tokens_to_ids("<report>") != processor.tokenizer.unk_token_id
 
