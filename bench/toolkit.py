@@ -41,6 +41,7 @@ from table2 import (  # noqa: E402
     pyplot,
     schedule,
     slug,
+    threads_per_run,
     train,
     warm_start,
 )
@@ -92,14 +93,22 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
     prepare_demo_assets(out)
 
+    threads = threads_per_run(args.jobs)
+
     def sft(seed: int) -> None:
-        warm_start(out, seed, sft_steps, sft_lr)
+        warm_start(out, seed, sft_steps, sft_lr, threads)
 
     def grpo_row(seed: int, name: str, extra: list[str]) -> dict:
         seed_dir = out / f"seed-{seed}"
         run_dir = seed_dir / run_folder(name)
         adapter = seed_dir / "sft" / "final_adapter"
-        overrides = [f"seed={seed}", f"max_steps={grpo_steps}", f"model.init_adapter={adapter}", DEMO_WEIGHTS]
+        overrides = [
+            f"seed={seed}",
+            f"max_steps={grpo_steps}",
+            f"model.init_adapter={adapter}",
+            DEMO_WEIGHTS,
+            threads,
+        ]
         train(run_dir, overrides + extra)
         scores = evaluate(run_dir, seed_dir / f"eval-{run_folder(name)}")
         return {"row": name, "seed": seed, "run_dir": str(run_dir), **scores, **run_figures(run_dir)}
