@@ -300,20 +300,22 @@ def _stage1_key(recipe: BaseRecipe) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def _one_split_world(world: Path, n: int, seed: int, image_size: int) -> Path:
+    """A world of ``n`` studies, all in its train split, generated in ``world`` unless it is there already;
+    returns its annotation file."""
+    annotation = world / "annotation.json"
+    if not annotation.exists():
+        logger.info("world of %d studies, seed %d, in %s", n, seed, world)
+        generate_world(world, n=n, seed=seed, image_size=image_size, split_fractions=(1.0, 0.0, 0.0))
+    return annotation
+
+
 def validation_samples(recipe: BaseRecipe, work: Path):
     """The held-out studies of ``recipe`` (generated under ``work`` once), one sample per study."""
-    world = work / "validation-world"
-    if not (world / "annotation.json").exists():
-        generate_world(
-            world,
-            n=recipe.validation_studies,
-            seed=recipe.validation_seed,
-            image_size=recipe.image_size,
-            split_fractions=(1.0, 0.0, 0.0),
-        )
-    return load_annotation(
-        world / "annotation.json", "train", multi_view=recipe.multi_view, check_images=False
+    annotation = _one_split_world(
+        work / "validation-world", recipe.validation_studies, recipe.validation_seed, recipe.image_size
     )
+    return load_annotation(annotation, "train", multi_view=recipe.multi_view, check_images=False)
 
 
 def build_base_model(
@@ -323,17 +325,9 @@ def build_base_model(
     recipe = recipe or BaseRecipe()
     out_dir = Path(out_dir)
     work = Path(work_dir) if work_dir else out_dir.with_name(out_dir.name + ".tmp-work")
-    world = work / "pretrain-world"
-    annotation = world / "annotation.json"
-    if not annotation.exists():
-        logger.info("pretraining world: %d studies, seed %d", recipe.world_studies, recipe.world_seed)
-        generate_world(
-            world,
-            n=recipe.world_studies,
-            seed=recipe.world_seed,
-            image_size=recipe.image_size,
-            split_fractions=(1.0, 0.0, 0.0),
-        )
+    annotation = _one_split_world(
+        work / "pretrain-world", recipe.world_studies, recipe.world_seed, recipe.image_size
+    )
     prompt = PromptConfig()
     texts = [*world_texts(annotation), prompt.system, prompt.instruction, *_FORMAT_WORDS]
     init = work / "init"
