@@ -138,6 +138,17 @@ def after_sft(pool, seeds, sft, tasks) -> list:
     return [pool.submit(after_its_sft, *task) for task in tasks]
 
 
+def table_tasks(seeds: list[int], start_row, grpo_row) -> list[tuple]:
+    """The table's runs as ``after_sft`` tasks: the base once (it does not depend on the seed), then seed by
+    seed its SFT row and its GRPO rows, so that a free worker takes the first seed's rows while the last
+    seed's SFT still runs (with every SFT row queued first, the last one's evaluation held a worker idle for
+    the length of that SFT, about 2 minutes)."""
+    tasks = [(seeds[0], start_row, "base", True)]
+    for seed in seeds:
+        tasks += [(seed, start_row, "SFT", False), *((seed, grpo_row, name, w) for name, w in GRPO_ROWS)]
+    return tasks
+
+
 def prepare_demo_assets(out: Path) -> None:
     """The demo's assets (world, base model) once, before the parallel runs."""
     code = f"import train; from grpo.config import load_config; train.prepare_assets(load_config({str(DEMO)!r}), True)"
@@ -175,12 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         eval_dir = out / f"seed-{seed}" / f"eval-{slug(name)}"
         return (name, eval_dir, evaluate(sft_dir, eval_dir, no_adapter))
 
-    # The base does not depend on the seed: it is evaluated once, from the first seed's folder.
-    tasks = [
-        (args.seeds[0], start_row, "base", True),
-        *((seed, start_row, "SFT", False) for seed in args.seeds),
-    ]
-    tasks += [(seed, grpo_row, name, weights) for seed in args.seeds for name, weights in GRPO_ROWS]
+    tasks = table_tasks(args.seeds, start_row, grpo_row)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         scores = [future.result() for future in after_sft(pool, args.seeds, sft, tasks)]
 

@@ -45,3 +45,14 @@ def test_each_row_runs_after_its_own_sft_and_rows_do_not_wait_for_later_seeds(jo
         assert all(events.index(e) > done for e in events if e == ("row start", seed)), events
     if jobs > 1:  # a free worker starts seed 0's rows while seed 2's SFT is still running
         assert events.index(("row start", 0)) < events.index(("sft done", 2)), events
+
+
+def test_table2_queues_its_rows_seed_by_seed_after_the_base():
+    from bench.table2 import GRPO_ROWS, table_tasks
+
+    tasks = table_tasks([0, 1, 2], "start", "grpo")
+    assert tasks[0] == (0, "start", "base", True)
+    seeds = [task[0] for task in tasks[1:]]
+    assert seeds == sorted(seeds)  # no row of a later seed ahead of an earlier seed's: no worker waits early
+    assert len(tasks) == 1 + 3 * (1 + len(GRPO_ROWS))
+    assert [t[2] for t in tasks[1 : 2 + len(GRPO_ROWS)]] == ["SFT", *(name for name, _ in GRPO_ROWS)]
