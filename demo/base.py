@@ -300,9 +300,11 @@ def _stage1_key(recipe: BaseRecipe) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _one_split_world(world: Path, n: int, seed: int, image_size: int) -> Path:
-    """A world of ``n`` studies, all in its train split, generated in ``world`` unless it is there already;
-    returns its annotation file."""
+def _one_split_world(work: Path, name: str, n: int, seed: int, image_size: int) -> Path:
+    """A world of ``n`` studies, all in its train split, generated under ``work`` unless it is there already;
+    returns its annotation file. The folder is named by what it is drawn from, so a ``--work-dir`` shared by
+    recipes of other sizes or seeds never hands one recipe the studies of another."""
+    world = work / f"{name}-{n}-seed{seed}-{image_size}px"
     annotation = world / "annotation.json"
     if not annotation.exists():
         logger.info("world of %d studies, seed %d, in %s", n, seed, world)
@@ -313,7 +315,7 @@ def _one_split_world(world: Path, n: int, seed: int, image_size: int) -> Path:
 def validation_samples(recipe: BaseRecipe, work: Path):
     """The held-out studies of ``recipe`` (generated under ``work`` once), one sample per study."""
     annotation = _one_split_world(
-        work / "validation-world", recipe.validation_studies, recipe.validation_seed, recipe.image_size
+        work, "validation-world", recipe.validation_studies, recipe.validation_seed, recipe.image_size
     )
     return load_annotation(annotation, "train", multi_view=recipe.multi_view, check_images=False)
 
@@ -326,7 +328,7 @@ def build_base_model(
     out_dir = Path(out_dir)
     work = Path(work_dir) if work_dir else out_dir.with_name(out_dir.name + ".tmp-work")
     annotation = _one_split_world(
-        work / "pretrain-world", recipe.world_studies, recipe.world_seed, recipe.image_size
+        work, "pretrain-world", recipe.world_studies, recipe.world_seed, recipe.image_size
     )
     prompt = PromptConfig()
     texts = [*world_texts(annotation), prompt.system, prompt.instruction, *_FORMAT_WORDS]

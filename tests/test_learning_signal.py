@@ -118,6 +118,21 @@ def test_build_base_model_writes_a_checkpoint_that_loads_and_records_its_recipe(
     assert processor.tokenizer.convert_tokens_to_ids("<report>") != processor.tokenizer.unk_token_id
 
 
+def test_a_shared_work_dir_gives_each_recipe_the_world_it_names(tmp_path):
+    """`--work-dir` keeps the generated worlds for the next build; a recipe with another size or seed must
+    get its own studies, not the ones a previous recipe left there."""
+    from demo.base import validation_samples
+
+    three = validation_samples(replace(BaseRecipe(), validation_studies=3), tmp_path)
+    four = validation_samples(replace(BaseRecipe(), validation_studies=4), tmp_path)
+    other_seed = validation_samples(replace(BaseRecipe(), validation_studies=3, validation_seed=5), tmp_path)
+    assert (len(three), len(four), len(other_seed)) == (3, 4, 3)
+    assert [s.report for s in four[:3]] == [s.report for s in three]  # study i is drawn from (seed, i)
+    assert [s.report for s in other_seed] != [s.report for s in three]
+    again = validation_samples(replace(BaseRecipe(), validation_studies=3), tmp_path)  # reused, not redrawn
+    assert [s.image_paths for s in again] == [s.image_paths for s in three]
+
+
 def test_held_out_report_loss_is_the_mean_over_report_tokens_whatever_the_batching(tmp_path):
     """The figure that sets the length of stage 2: padding a short report beside a long one must not
     change it, and it weighs every token (not every report) alike."""
