@@ -20,7 +20,10 @@ non-blank one still gives CCS = 0 either way.
 The margin. The paper gives no value for ``m``. ``DEFAULT_MARGIN = 0.0`` is the neutral choice: eq. (6)
 reduces to ``max(CCS, 0)``, so orthogonal and polarity-reversed label vectors earn nothing while every
 positive agreement keeps a reward, which keeps the within-group spread GRPO needs. A positive margin
-(e.g. 0.3) suppresses weak partial matches harder; it is a config value to tune.
+(e.g. 0.3) suppresses weak partial matches harder; it is a config value to tune. Under eq. (2) the margin
+acts only through the clip: above ``m`` eq. (6) is an affine map of CCS, and the group's mean and standard
+deviation cancel an affine map, so a group whose CCS all lie at or above ``m`` gets the advantages of
+``m = 0`` (with other reward terms beside it, ``1 / (1 - m)`` also weighs MCCS more against them).
 """
 
 from __future__ import annotations

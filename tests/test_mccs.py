@@ -70,6 +70,30 @@ def test_margin_rescales_and_filters():
     assert mccs(z, z_ref, margin=0.9).tolist() == [0.0], "CCS at or below m earns nothing"
 
 
+def test_under_eq2_the_margin_changes_a_group_only_through_its_clip():
+    """Above m, eq. (6) is affine in CCS, which eq. (2)'s normalisation removes: a margin changes the
+    advantages of a group only where it clips a CCS to 0."""
+    import torch
+
+    from grpo.advantages import group_advantages
+
+    reference = np.array([1.0, -1.0, 1.0, 0.0, -1.0] + [0.0] * 8)
+    z_ref = np.tile(reference, (8, 1))
+    z = z_ref.copy()
+    for i in range(8):  # eight reports near the reference
+        z[i, i] = 0.0 if reference[i] else 1.0
+        z[i, 12 - i : 13] = 1.0 if i % 2 else 0.0
+    similarity = ccs(z, z_ref)
+    low = float(similarity.min())
+    assert low > 0.2
+
+    def advantages(margin):
+        return group_advantages(torch.tensor(mccs(z, z_ref, margin=margin)), group_size=8, eps=0.0)
+
+    torch.testing.assert_close(advantages(0.9 * low), advantages(0.0))
+    assert not torch.allclose(advantages(float(np.median(similarity))), advantages(0.0))
+
+
 def test_margin_outside_open_interval_is_rejected():
     z = np.ones((1, 13))
     for bad in (1.0, -1.0, 1.5, -3):
